@@ -1,0 +1,268 @@
+"""The `resnest` search space: per-stage radix, cardinality, width and depth plus global axes.
+
+Define-by-run: `suggest(trial)` asks an Optuna trial one question per axis, and asks only questions
+whose answers are valid given earlier ones (conditional axes), so every spec it returns is valid and
+samplers never waste trials on rejected points. `sample(rng)` runs the same code with a seeded numpy
+RNG standing in for the trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, Sequence
+
+from search_spaces.errors import UserError
+from search_spaces.spec import INPUT_REGIMES, STEMS, ArchSpec, StageSpec
+
+# Attention widths are multiples of 8 (timm's rounding), so any divisor of 8 is a valid cardinality
+# for radix >= 1; larger cardinalities are offered only to plain (radix 0) stages.
+ATTENTION_SAFE_CARDINALITIES = (1, 2, 4, 8)
+
+
+class TrialLike(Protocol):
+    """The part of `optuna.Trial` the space uses; a numpy RNG adapter implements it too."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class SpacePreset:
+    """Bounds of the space. Each axis is a tuple of allowed values; depths are (low, high) per stage."""
+
+    name: str
+    stage_depths: tuple[tuple[int, int], ...]
+    radix: tuple[int, ...]
+    cardinality: tuple[int, ...]
+    width: tuple[int, ...]
+    stem: tuple[str, ...]
+    stem_width: tuple[int, ...]
+    base_planes: tuple[int, ...]
+    avg_down: tuple[bool, ...]
+    avd: tuple[bool, ...]
+    avd_first: tuple[bool, ...]
+    attn_reduction: tuple[int, ...]
+    attn_min_width: tuple[int, ...]
+    dropout: tuple[float, ...]
+    input_regime: str
+    num_classes: int = 1000
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple) and not value:
+                raise UserError(f"space preset {self.name!r}: axis {f.name} has no allowed values")
+        for i, (low, high) in enumerate(self.stage_depths):
+            if not 1 <= low <= high:
+                raise UserError(
+                    f"space preset {self.name!r}: stage_depths[{i}]=({low}, {high}) needs 1 <= low <= high"
+                )
+        if self.input_regime not in INPUT_REGIMES:
+            raise UserError(f"space preset {self.name!r}: input_regime must be one of {INPUT_REGIMES}")
+        if bad := [s for s in self.stem if s not in STEMS]:
+            raise UserError(f"space preset {self.name!r}: unknown stem {bad[0]!r}; valid: {STEMS}")
+        if bad := [w for w in self.attn_min_width if w % 8]:
+            raise UserError(
+                f"space preset {self.name!r}: attn_min_width {bad[0]} must be a multiple of 8"
+            )
+        if bad := [r for r in self.radix if r < 0]:
+            raise UserError(f"space preset {self.name!r}: radix {bad[0]} must be >= 0")
+        if not any(r == 0 for r in self.radix) and not self.attention_cardinalities:
+            raise UserError(
+                f"space preset {self.name!r} admits no valid architecture: every radix uses "
+                f"attention, which needs a cardinality in {ATTENTION_SAFE_CARDINALITIES}, "
+                f"but cardinality allows only {self.cardinality}"
+            )
+        if min(self.base_planes) * min(self.width) < 64:
+            raise UserError(
+                f"space preset {self.name!r}: base_planes {min(self.base_planes)} x width "
+                f"{min(self.width)} / 64 gives zero channels per group; raise either bound"
+            )
+
+    @property
+    def attention_cardinalities(self) -> tuple[int, ...]:
+        return tuple(k for k in self.cardinality if k in ATTENTION_SAFE_CARDINALITIES)
+
+    @property
+    def usable_radix(self) -> tuple[int, ...]:
+        """Radix values that have at least one valid cardinality."""
+        return tuple(r for r in self.radix if r == 0 or self.attention_cardinalities)
+
+    def avd_first_choices_given_avd(self, avd: bool) -> tuple[bool, ...]:
+        return self.avd_first if avd else (False,)
+
+
+class ResNeStSpace:
+    """A search space over ResNeSt-family networks with the bounds of one preset."""
+
+    def __init__(self, preset: SpacePreset) -> None:
+        self.preset = preset
+        self.name = preset.name
+
+    def __repr__(self) -> str:
+        return f"ResNeStSpace({self.name!r})"
+
+    @property
+    def dimensions(self) -> dict[str, tuple[Any, ...]]:
+        """Every axis and its allowed values (conditional axes are listed with all their values)."""
+        p = self.preset
+        dims: dict[str, tuple[Any, ...]] = {}
+        for i, (low, high) in enumerate(p.stage_depths):
+            dims[f"s{i + 1}_depth"] = tuple(range(low, high + 1))
+            dims[f"s{i + 1}_radix"] = p.usable_radix
+            dims[f"s{i + 1}_cardinality"] = p.cardinality
+            dims[f"s{i + 1}_width"] = p.width
+        for name in ("stem", "stem_width", "base_planes", "avg_down", "avd", "avd_first",
+                     "attn_reduction", "attn_min_width", "dropout"):
+            dims[name] = getattr(p, name)
+        return dims
+
+    def suggest(self, trial: TrialLike) -> ArchSpec:
+        """Ask `trial` for one architecture; conditional axes get their own parameter names so
+        Optuna's distributions stay static."""
+        p = self.preset
+        stem = trial.suggest_categorical("stem", p.stem)
+        stem_width = trial.suggest_categorical("stem_width", p.stem_width)
+        base_planes = trial.suggest_categorical("base_planes", p.base_planes)
+        avg_down = trial.suggest_categorical("avg_down", p.avg_down)
+        avd = trial.suggest_categorical("avd", p.avd)
+        avd_first = (
+            trial.suggest_categorical("avd_first", p.avd_first) if avd else False
+        )
+        uses_attention = any(r > 0 for r in p.usable_radix)
+        attn_reduction = (
+            trial.suggest_categorical("attn_reduction", p.attn_reduction)
+            if uses_attention else p.attn_reduction[0]
+        )
+        attn_min_width = (
+            trial.suggest_categorical("attn_min_width", p.attn_min_width)
+            if uses_attention else p.attn_min_width[0]
+        )
+        dropout = trial.suggest_categorical("dropout", p.dropout)
+        stages = []
+        for i, (low, high) in enumerate(p.stage_depths):
+            s = i + 1
+            depth = trial.suggest_int(f"s{s}_depth", low, high) if low < high else low
+            radix = trial.suggest_categorical(f"s{s}_radix", p.usable_radix)
+            if radix == 0:
+                cardinality = trial.suggest_categorical(f"s{s}_cardinality_plain", p.cardinality)
+            else:
+                cardinality = trial.suggest_categorical(
+                    f"s{s}_cardinality", p.attention_cardinalities
+                )
+            width = trial.suggest_categorical(f"s{s}_width", p.width)
+            stages.append(StageSpec(depth, radix, cardinality, width))
+        return ArchSpec(
+            stages=tuple(stages),
+            stem=stem,
+            stem_width=stem_width,
+            base_planes=base_planes,
+            avg_down=avg_down,
+            avd=avd,
+            avd_first=avd_first,
+            attn_reduction=attn_reduction,
+            attn_min_width=attn_min_width,
+            dropout=dropout,
+            num_classes=p.num_classes,
+            in_channels=p.in_channels,
+            input_regime=p.input_regime,
+        )
+
+    def sample(self, rng: Any) -> ArchSpec:
+        """One uniformly chosen point per axis from a numpy `Generator` (no global RNG)."""
+        return self.suggest(_RandomTrial(rng))
+
+    def contains(self, spec: ArchSpec) -> bool:
+        """Whether the architecture lies inside this space's bounds. `num_classes` and
+        `in_channels` belong to the task, not the architecture, and are not checked."""
+        return not self.violations(spec)
+
+    def violations(self, spec: ArchSpec) -> list[str]:
+        """Each bound the spec breaks, as 'field=value not in allowed' (empty when contained)."""
+        p = self.preset
+        out: list[str] = []
+
+        def check(name: str, value: Any, allowed: Sequence[Any]) -> None:
+            if value not in allowed:
+                out.append(f"{name}={value!r} not in {tuple(allowed)}")
+
+        if len(spec.stages) != len(p.stage_depths):
+            return [f"stages has {len(spec.stages)} entries, space has {len(p.stage_depths)}"]
+        for name in ("stem", "stem_width", "base_planes", "avg_down", "avd", "dropout"):
+            check(name, getattr(spec, name), getattr(p, name))
+        check("avd_first", spec.avd_first, p.avd_first_choices_given_avd(spec.avd))
+        check("input_regime", spec.input_regime, (p.input_regime,))
+        if any(s.radix > 0 for s in spec.stages):
+            check("attn_reduction", spec.attn_reduction, p.attn_reduction)
+            check("attn_min_width", spec.attn_min_width, p.attn_min_width)
+        for i, (stage, (low, high)) in enumerate(zip(spec.stages, p.stage_depths)):
+            check(f"stages[{i}].depth", stage.depth, range(low, high + 1))
+            check(f"stages[{i}].radix", stage.radix, p.usable_radix)
+            allowed = p.cardinality if stage.radix == 0 else p.attention_cardinalities
+            check(f"stages[{i}].cardinality", stage.cardinality, allowed)
+            check(f"stages[{i}].width", stage.width, p.width)
+        return out
+
+
+class _RandomTrial:
+    """Answers the space's questions uniformly at random from a numpy Generator."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng = rng
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        value = choices[int(self.rng.integers(len(choices)))]
+        self.params[name] = value
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        value = int(self.rng.integers(low, high + 1))
+        self.params[name] = value
+        return value
+
+
+
+SMALL = SpacePreset(
+    name="small",
+    # Four stages with strides 1-2-2-2 after a stride-1 stem: 16 px inputs end at 2 px.
+    stage_depths=((1, 2), (1, 2), (1, 2), (1, 2)),
+    radix=(0, 1, 2, 4),
+    cardinality=(1, 2, 4),
+    width=(8, 16, 24, 32, 48, 64),
+    stem=("deep", "plain"),
+    stem_width=(8, 16),
+    base_planes=(16, 32),
+    avg_down=(True, False),
+    avd=(True, False),
+    avd_first=(False, True),
+    attn_reduction=(2, 4),
+    attn_min_width=(8, 16, 32),
+    dropout=(0.0, 0.1, 0.2),
+    input_regime="small",
+    num_classes=10,
+    in_channels=1,
+)
+
+IMAGENET = SpacePreset(
+    name="imagenet",
+    # Bounds contain every named point (ResNet-50-D up to ResNeSt-269).
+    stage_depths=((1, 3), (1, 30), (1, 48), (1, 8)),
+    radix=(0, 1, 2, 3, 4),
+    cardinality=(1, 2, 4, 8, 16, 32),
+    width=(4, 8, 16, 24, 32, 40, 48, 64, 80, 96, 128),
+    stem=("deep", "plain"),
+    stem_width=(32, 64),
+    base_planes=(64,),
+    avg_down=(True, False),
+    avd=(True, False),
+    avd_first=(False, True),
+    attn_reduction=(2, 4, 8),
+    attn_min_width=(16, 32, 64),
+    dropout=(0.0, 0.1, 0.2, 0.3, 0.5),
+    input_regime="imagenet",
+)
+
+PRESETS: dict[str, SpacePreset] = {"small": SMALL, "imagenet": IMAGENET}
