@@ -1,0 +1,1 @@
+"""Pareto fronts, tables, plots and importances from finished searches."""
