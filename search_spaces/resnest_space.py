@@ -8,8 +8,9 @@ RNG standing in for the trial.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from search_spaces.errors import UserError
 from search_spaces.spec import INPUT_REGIMES, STEMS, ArchSpec, StageSpec
