@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
 
 from search_spaces.errors import SpecError, UserError
 from search_spaces.named_points import NAMED_POINTS
@@ -17,7 +16,7 @@ SPACES: dict[str, str] = {
     "resnest-small": "small",
     "resnest-imagenet": "imagenet",
 }
-SpecLike = Union[ArchSpec, str, Path]
+SpecLike = ArchSpec | str | Path
 
 
 def list_spaces() -> list[str]:

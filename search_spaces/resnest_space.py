@@ -198,7 +198,7 @@ class ResNeStSpace:
         if any(s.radix > 0 for s in spec.stages):
             check("attn_reduction", spec.attn_reduction, p.attn_reduction)
             check("attn_min_width", spec.attn_min_width, p.attn_min_width)
-        for i, (stage, (low, high)) in enumerate(zip(spec.stages, p.stage_depths)):
+        for i, (stage, (low, high)) in enumerate(zip(spec.stages, p.stage_depths, strict=True)):
             check(f"stages[{i}].depth", stage.depth, range(low, high + 1))
             check(f"stages[{i}].radix", stage.radix, p.usable_radix)
             allowed = p.cardinality if stage.radix == 0 else p.attention_cardinalities
