@@ -175,6 +175,31 @@ class ResNeStSpace:
         """One uniformly chosen point per axis from a numpy `Generator` (no global RNG)."""
         return self.suggest(_RandomTrial(rng))
 
+    def params_of(self, spec: ArchSpec) -> dict[str, Any]:
+        """The Optuna parameters that make `suggest` return `spec` (for enqueueing known points).
+
+        Raises UserError when the spec lies outside the space."""
+        if problems := self.violations(spec):
+            raise UserError(f"{spec.tag} is outside space {self.name}: {'; '.join(problems)}")
+        answers: dict[str, Any] = {
+            name: getattr(spec, name)
+            for name in ("stem", "stem_width", "base_planes", "avg_down", "avd", "avd_first",
+                         "attn_reduction", "attn_min_width", "dropout")
+        }
+        for i, stage in enumerate(spec.stages):
+            s = i + 1
+            answers.update({
+                f"s{s}_depth": stage.depth, f"s{s}_radix": stage.radix,
+                f"s{s}_cardinality": stage.cardinality,
+                f"s{s}_cardinality_plain": stage.cardinality, f"s{s}_width": stage.width,
+            })
+        recorder = _AnswerTrial(answers)
+        again = self.suggest(recorder)
+        task = {"num_classes": spec.num_classes, "in_channels": spec.in_channels}
+        if again.replace(**task) != spec:
+            raise UserError(f"{spec.tag} cannot be expressed by space {self.name}'s parameters")
+        return recorder.params
+
     def contains(self, spec: ArchSpec) -> bool:
         """Whether the architecture lies inside this space's bounds. `num_classes` and
         `in_channels` belong to the task, not the architecture, and are not checked."""
@@ -205,6 +230,22 @@ class ResNeStSpace:
             check(f"stages[{i}].cardinality", stage.cardinality, allowed)
             check(f"stages[{i}].width", stage.width, p.width)
         return out
+
+
+class _AnswerTrial:
+    """Answers the space's questions from a dict, recording which ones were asked."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.params[name] = self.answers[name]
+        return self.answers[name]
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        self.params[name] = self.answers[name]
+        return self.answers[name]
 
 
 class _RandomTrial:

@@ -112,3 +112,18 @@ def test_unknown_space_and_preset_list_valid_ones() -> None:
 def test_space_bounds_that_admit_nothing_are_rejected(change: dict, message: str) -> None:
     with pytest.raises(ss.UserError, match=message):
         ResNeStSpace(dataclasses.replace(SMALL, **change))
+
+
+@pytest.mark.parametrize("space_name", SPACES)
+def test_params_of_replays_through_optuna(space_name: str) -> None:
+    space = ss.get_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for seed in range(20):
+        spec = space.sample(np.random.default_rng(seed))
+        study.enqueue_trial(space.params_of(spec))
+        assert space.suggest(study.ask()) == spec
+
+
+def test_params_of_refuses_points_outside_the_space() -> None:
+    with pytest.raises(ss.UserError, match="outside space small"):
+        ss.get_space("resnest").params_of(ss.named_point("resnest50d"))
