@@ -1,0 +1,284 @@
+"""The search's brain, free of Ray: proposes architectures with Optuna, enforces constraints from
+static costs, consults the pruner at every epoch report, and records every trial.
+
+`trials/ray_runner.py` adapts this to Ray Tune's Searcher/Scheduler callbacks; tests can drive it
+directly. Optuna refuses `Trial.report` in multi-objective studies, so intermediate accuracies go to
+the study's storage directly; a pruned trial is told to Optuna as PRUNED (never COMPLETE with a
+partial accuracy), so it never enters the sampler's model or the front as a finished value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from nas.experiment import ExperimentConfig, write_trials_csv
+from nas.objectives import Objective
+from nas.pareto import pareto_mask
+from nas.strategy import VIOLATIONS_ATTR
+from search_spaces.resnest_space import ResNeStSpace
+from search_spaces.spec import ArchSpec
+from trials.record import TrialRecord
+
+# Constraint flag -> cost column it bounds.
+CONSTRAINT_COLUMNS = {"max_macs": "macs", "max_params": "params", "max_latency_ms": "latency_ms"}
+CURVE_KEYS = ("epoch", "train_loss", "val_top1", "val_top5", "epoch_seconds", "images_per_s", "lr")
+MAX_INFEASIBLE_IN_A_ROW = 500
+
+CostFn = Callable[[ArchSpec], dict[str, float]]
+TrainConfigFn = Callable[[str, ArchSpec, str | None], dict[str, Any]]
+
+
+def adapt_to_task(spec: ArchSpec, config: ExperimentConfig, regime: str) -> ArchSpec:
+    """A named point re-targeted to the search's task: classes, channels and input regime."""
+    return spec.replace(
+        num_classes=config.num_classes, in_channels=config.in_channels, input_regime=regime
+    )
+
+
+class SearchController:
+    """Bookkeeping and decisions for one experiment; every method runs in the driver process."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        exp: Path,
+        study: optuna.Study,
+        space: ResNeStSpace,
+        objectives: tuple[Objective, ...],
+        cost_fn: CostFn,
+        trial_config_fn: TrainConfigFn,
+        seed_specs: list[ArchSpec] = (),
+        records: list[TrialRecord] = (),
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config, self.exp, self.study, self.space = config, exp, study, space
+        self.objectives, self.cost_fn, self.trial_config_fn, self.log = (
+            objectives, cost_fn, trial_config_fn, log
+        )
+        self.storage = study._storage  # Writes intermediate values that Trial.report refuses.
+        self.records: dict[str, TrialRecord] = {r.trial_id: r for r in records}
+        self.live: dict[str, optuna.Trial] = {}
+        self.pruned: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.stopped = False
+        self.queue: list[tuple[ArchSpec, str | None]] = [(s, None) for s in seed_specs]
+        self._recover_interrupted()
+
+    # Budget -----------------------------------------------------------------------------------
+    @property
+    def launched(self) -> int:
+        return sum(r.state != "INFEASIBLE" for r in self.records.values())
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def budget_left(self) -> bool:
+        return (
+            not self.stopped
+            and self.launched < self.config.trials
+            and self.elapsed < self.config.time_budget_s
+        )
+
+    # Proposals --------------------------------------------------------------------------------
+    def next_trial(self) -> tuple[str, dict[str, Any]] | None:
+        """The next architecture to train and its trainable config, or None when the budget is spent.
+        Architectures violating a constraint are recorded INFEASIBLE and told to the sampler."""
+        for _ in range(MAX_INFEASIBLE_IN_A_ROW):
+            if not self.budget_left():
+                return None
+            trial, spec, resume_from = self._propose()
+            costs = self.cost_fn(spec)
+            violations = self._violations(costs)
+            trial.set_user_attr("spec", spec.to_json())
+            trial.set_user_attr("tag", spec.tag)
+            for key, value in costs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr(VIOLATIONS_ATTR, violations)
+            trial_id = f"t{trial.number:04d}"
+            if any(v > 0 for v in violations):
+                reason = "; ".join(self._violation_text(costs))
+                self.study.tell(trial, self._values(0.0, costs))
+                self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec, costs,
+                                         reason=reason))
+                continue
+            self.live[trial_id] = trial
+            self._record(TrialRecord(trial_id, trial.number, "RUNNING", spec, costs))
+            return trial_id, self.trial_config_fn(trial_id, spec, resume_from)
+        self.log(
+            f"stopping: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row violated the constraints"
+        )
+        self.stopped = True
+        return None
+
+    def _propose(self) -> tuple[optuna.Trial, ArchSpec, str | None]:
+        if self.queue:
+            spec, resume_from = self.queue.pop(0)
+            if self.space.contains(spec):
+                self.study.enqueue_trial(self.space.params_of(spec), skip_if_exists=False)
+                trial = self.study.ask()
+                return trial, self._task(self.space.suggest(trial)), resume_from
+            return self.study.ask(), spec, resume_from  # Outside the space: evaluated as given.
+        trial = self.study.ask()
+        return trial, self._task(self.space.suggest(trial)), None
+
+    def _task(self, spec: ArchSpec) -> ArchSpec:
+        return spec.replace(num_classes=self.config.num_classes,
+                            in_channels=self.config.in_channels)
+
+    def _violations(self, costs: dict[str, float]) -> list[float]:
+        """Relative excess per constraint (<= 0 satisfied), Optuna's constraint convention."""
+        out = [0.0]
+        for flag, limit in self.config.constraints.items():
+            value = costs.get(CONSTRAINT_COLUMNS[flag])
+            if value is not None:
+                out.append(value / limit - 1.0)
+        return out
+
+    def _violation_text(self, costs: dict[str, float]) -> list[str]:
+        return [
+            f"{CONSTRAINT_COLUMNS[flag]} {costs[CONSTRAINT_COLUMNS[flag]]:.4g} > {flag} {limit:.4g}"
+            for flag, limit in self.config.constraints.items()
+            if costs.get(CONSTRAINT_COLUMNS[flag], 0) > limit
+        ]
+
+    def _values(self, accuracy: float, costs: dict[str, float]) -> list[float]:
+        return [accuracy if o.name == "accuracy" else costs[o.column] for o in self.objectives]
+
+    # Reports ----------------------------------------------------------------------------------
+    def on_result(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Record one epoch; True when the pruner says stop."""
+        record = self.records.get(trial_id)
+        trial = self.live.get(trial_id)
+        if record is None or trial is None or "epoch" not in result:
+            return False
+        if result.get("failed"):
+            return False
+        epoch = {k: result[k] for k in CURVE_KEYS if result.get(k) is not None}
+        curve = [e for e in record.curve if e["epoch"] < epoch["epoch"]] + [epoch]
+        self.records[trial_id] = replace(record, curve=tuple(curve))
+        accuracy = float(result.get("val_top1", float("nan")))
+        self.storage.set_trial_intermediate_value(trial._trial_id, int(epoch["epoch"]), accuracy)
+        if epoch["epoch"] >= self.config.epochs:
+            return False
+        frozen = self.storage.get_trial(trial._trial_id)
+        if self.study.pruner.prune(self.study, frozen):
+            self.pruned[trial_id] = f"pruned at epoch {epoch['epoch']} by {self.config.pruner}"
+            return True
+        return False
+
+    def on_complete(
+        self, trial_id: str, result: dict[str, Any] | None, error: str | None = None
+    ) -> None:
+        """Close a trial: COMPLETE, PRUNED (pruner or time budget) or FAIL, in Optuna and the csv."""
+        trial = self.live.pop(trial_id, None)
+        record = self.records.get(trial_id)
+        if trial is None or record is None:
+            return
+        if result and "epoch" in result and not result.get("failed"):
+            self.on_result(trial_id, result)
+            record = self.records[trial_id]
+        seconds = float((result or {}).get("time_total_s", 0.0) or 0.0)
+        failure = error or (result or {}).get("failed")
+        if failure:
+            state, reason = "FAIL", str(failure)
+        elif record.epochs >= self.config.epochs:
+            state, reason = "COMPLETE", ""
+        else:
+            state = "PRUNED"
+            reason = self.pruned.get(trial_id, f"stopped at epoch {record.epochs}")
+        if state == "COMPLETE":
+            self.study.tell(trial, self._values(record.accuracy, record.costs))
+        else:
+            self.study.tell(trial, state=getattr(TrialState, state))
+        trial_dir = self.exp / "trials" / trial_id
+        checkpoint = trial_dir / "checkpoint.pt"
+        self._record(replace(
+            record, state=state, reason=reason, seconds=seconds,
+            checkpoint=str(checkpoint) if checkpoint.exists() else None,
+        ))
+        self._progress_line(self.records[trial_id])
+
+    def close_live(self, reason: str) -> None:
+        """Close trials Ray stopped without a final report (time budget, shutdown) as PRUNED."""
+        for trial_id in list(self.live):
+            self.pruned.setdefault(trial_id, reason)
+            self.on_complete(trial_id, None)
+
+    # Persistence and progress ----------------------------------------------------------------
+    def _record(self, record: TrialRecord) -> None:
+        self.records[record.trial_id] = record
+        write_trials_csv(self.exp, list(self.records.values()))
+
+    def _recover_interrupted(self) -> None:
+        """After a driver crash, trials left RUNNING are closed as FAIL and queued to run again
+        (continuing from their last checkpoint); finished trials are kept as they are."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial_id = f"t{trial.number:04d}"
+            record = self.records.get(trial_id)
+            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            if record is None:
+                continue
+            checkpoint = self.exp / "trials" / trial_id / "checkpoint.pt"
+            self.queue.append((record.spec, str(checkpoint) if checkpoint.exists() else None))
+            self.records[trial_id] = replace(
+                record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
+            )
+        for record in list(self.records.values()):
+            if record.state == "RUNNING":  # csv row whose study trial was already closed
+                self.records[record.trial_id] = replace(record, state="FAIL",
+                                                        reason="interrupted (driver stopped)")
+        if self.records:
+            write_trials_csv(self.exp, list(self.records.values()))
+
+    def front(self) -> list[TrialRecord]:
+        """Completed trials on the Pareto front of the experiment's objectives."""
+        done = [r for r in self.records.values() if r.state == "COMPLETE"]
+        if not done:
+            return []
+        values = np.array([self._values(r.accuracy, r.costs) for r in done], dtype=float)
+        mask = pareto_mask(values, [o.maximize for o in self.objectives])
+        front = [r for r, keep in zip(done, mask, strict=True) if keep]
+        return sorted(front, key=lambda r: [r.costs.get(o.column, 0) for o in self.objectives
+                                            if not o.maximize] + [-(r.accuracy or 0)])
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE", "RUNNING")}
+        for r in self.records.values():
+            out[r.state] += 1
+        return out
+
+    def status_line(self) -> str:
+        c = self.counts()
+        done = [r.best_accuracy for r in self.records.values() if r.state == "COMPLETE"]
+        best = f"{max(done):.1%}" if done else "-"
+        left = max(0.0, self.config.time_budget_s - self.elapsed)
+        return (
+            f"done {c['COMPLETE']} running {c['RUNNING']} pruned {c['PRUNED']} "
+            f"failed {c['FAIL']} infeasible {c['INFEASIBLE']} | best {best} | "
+            f"front {len(self.front())} | {_clock(self.elapsed)} elapsed, {_clock(left)} left"
+        )
+
+    def _progress_line(self, r: TrialRecord) -> None:
+        acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
+        macs = r.costs.get("macs")
+        cost = f"{macs / 1e6:.2f}M MACs" if macs is not None else ""
+        why = f" ({r.reason})" if r.reason else ""
+        self.log(
+            f"[{self.launched}/{self.config.trials}] {r.trial_id} {r.state:<8} {r.spec.tag} "
+            f"acc {acc} {cost} {r.epochs} ep {r.seconds:.0f}s{why}"
+        )
+        self.log(f"  {self.status_line()}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"

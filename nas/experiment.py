@@ -1,0 +1,137 @@
+"""One directory per experiment: its config, the Optuna study, trials.csv and per-trial files.
+
+Layout of OUT/NAME/:
+    experiment.json   the search's settings (what --resume reuses)
+    study.db          the Optuna study (SQLite) unless --storage names another database
+    trials.csv        one row per trial, rewritten atomically whenever a trial changes state
+    trials/<id>/      each trial's spec.json, checkpoint.pt and metrics
+    ray/              Ray Tune's experiment state
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from search_spaces.errors import UserError
+from trials.record import CSV_COLUMNS, TrialRecord
+
+CONFIG_FILE = "experiment.json"
+TRIALS_FILE = "trials.csv"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Settings that define an experiment; stored so a resumed run searches the same problem."""
+
+    name: str
+    space: str
+    preset: str
+    data: str
+    image_size: int
+    objectives: tuple[str, ...]
+    epochs: int
+    trials: int
+    time_budget_s: float
+    sampler: str
+    pruner: str
+    seed: int
+    storage: str
+    constraints: dict[str, float] = field(default_factory=dict)
+    seed_points: tuple[str, ...] = ()
+    num_classes: int = 10
+    in_channels: int = 1
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        for key in ("objectives", "seed_points"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_experiment(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def prepare_directory(out: Path, name: str, resume: bool) -> Path:
+    """Check (before touching anything) that OUT/NAME can be created or resumed; return it."""
+    if not name or "/" in name or name in (".", ".."):
+        raise UserError(f"--name must be a plain directory name, got {name!r}")
+    exp = out / name
+    if resume:
+        if not is_experiment(exp):
+            raise UserError(
+                f"cannot resume {exp}: it is not an experiment (no {CONFIG_FILE}); "
+                "start a new one without --resume"
+            )
+        if not os.access(exp, os.W_OK):
+            raise UserError(f"cannot resume {exp}: directory is not writable")
+        return exp
+    if exp.exists():
+        raise UserError(
+            f"experiment {exp} already exists; pass --resume to continue it or choose another --name"
+        )
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {out} is not writable (checked {probe})")
+    return exp
+
+
+def load_config(exp: Path) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.from_json((exp / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"{exp / CONFIG_FILE} is unreadable or malformed: {err}") from None
+
+
+def study_storage_url(exp: Path, storage: str) -> str:
+    return storage or f"sqlite:///{(exp / 'study.db').resolve()}"
+
+
+def write_trials_csv(exp: Path, records: list[TrialRecord]) -> None:
+    rows = [r.to_row() for r in sorted(records, key=lambda r: r.number)]
+    lines: list[str] = []
+
+    class _Sink:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+    writer = csv.DictWriter(_Sink(), fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(exp / TRIALS_FILE, "".join(lines))
+
+
+def read_trials_csv(exp: Path) -> list[TrialRecord]:
+    path = exp / TRIALS_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [TrialRecord.from_row(row) for row in csv.DictReader(handle)]

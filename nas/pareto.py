@@ -1,0 +1,72 @@
+"""Non-dominated sorting and hypervolume, delegated to Optuna's implementations.
+
+Optuna keeps these helpers in private modules; importing them here, once, means an Optuna upgrade
+that moves them touches one file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from optuna._hypervolume import compute_hypervolume
+from optuna.study._multi_objective import _fast_non_domination_rank
+
+
+def to_loss(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Flip maximized columns so every column is minimized."""
+    signs = np.where(np.asarray(maximize, dtype=bool), -1.0, 1.0)
+    return np.asarray(values, dtype=float) * signs
+
+
+def nondomination_rank(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Front index per row (0 = non-dominated)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return np.zeros(0, dtype=int)
+    return _fast_non_domination_rank(to_loss(values, maximize))
+
+
+def pareto_mask(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    return nondomination_rank(values, maximize) == 0
+
+
+def crowding_distance(values: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance within one front (boundary points get infinity)."""
+    values = np.asarray(values, dtype=float)
+    n, m = values.shape
+    distance = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(m):
+        order = np.argsort(values[:, j], kind="stable")
+        span = values[order[-1], j] - values[order[0], j]
+        distance[order[0]] = distance[order[-1]] = np.inf
+        if span > 0:
+            distance[order[1:-1]] += (values[order[2:], j] - values[order[:-2], j]) / span
+    return distance
+
+
+def promotion_order(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Row indices best-first: by front, then by crowding distance (MO-ASHA's ranking)."""
+    values = np.asarray(values, dtype=float)
+    ranks = nondomination_rank(values, maximize)
+    crowd = np.zeros(len(values))
+    loss = to_loss(values, maximize)
+    for rank in np.unique(ranks):
+        members = np.flatnonzero(ranks == rank)
+        crowd[members] = crowding_distance(loss[members])
+    return np.lexsort((-crowd, ranks))
+
+
+def hypervolume(values: np.ndarray, maximize: Sequence[bool], reference: Sequence[float]) -> float:
+    """Hypervolume dominated by `values` up to `reference` (in the objectives' own units)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return 0.0
+    loss = to_loss(values, maximize)
+    ref = to_loss(np.asarray([reference], dtype=float), maximize)[0]
+    inside = np.all(loss < ref, axis=1)
+    if not inside.any():
+        return 0.0
+    return float(compute_hypervolume(loss[inside], ref))

@@ -1,0 +1,343 @@
+"""`python -m nas.search`: multi-objective architecture search on Ray Tune with Optuna.
+
+With only `--space resnest` it searches the embedded digits task within a few minutes on a laptop
+CPU; the same command with `--data cifar10:PATH --gpus-per-trial 0.5 --address auto` runs on a GPU
+cluster. Everything the run decides is in OUT/NAME (see `nas.experiment`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.experiment import (
+    ExperimentConfig,
+    load_config,
+    prepare_directory,
+    read_trials_csv,
+    study_storage_url,
+)
+from nas.objectives import OBJECTIVES, Objective, parse_objectives
+from nas.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from search_spaces.errors import UserError
+from search_spaces.registry import get_space, list_presets, list_spaces, named_point
+from search_spaces.resnest_space import ResNeStSpace
+from search_spaces.spec import ArchSpec
+
+SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8, "train_subset": 256}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds (positive)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise UserError(f"--time-budget must look like 90s, 10m or 1h, got {text!r}")
+    seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+    if seconds <= 0:
+        raise UserError(f"--time-budget must be positive, got {text!r}")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nas.search",
+        description="Search ResNeSt-family architectures for accuracy versus cost.",
+    )
+    p.add_argument("--space", default="resnest", help=f"search space: {', '.join(list_spaces())}")
+    p.add_argument("--preset", default=None, help=f"space bounds: {', '.join(list_presets())}")
+    p.add_argument("--data", default="digits",
+                   help="digits | cifar10:PATH | cifar100:PATH | folder:PATH")
+    p.add_argument("--image-size", type=int, default=None, help="training resolution (px)")
+    p.add_argument("--objectives", default="accuracy,macs",
+                   help=f"comma list of {', '.join(OBJECTIVES)} (accuracy is maximized)")
+    p.add_argument("--trials", type=int, default=None, help="architectures to train (default 24)")
+    p.add_argument("--time-budget", default=None, help="wall-clock budget, e.g. 4m (default 4m)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs at full fidelity (default 4)")
+    p.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)}")
+    p.add_argument("--pruner", default="pareto", help=f"one of {', '.join(PRUNERS)}")
+    p.add_argument("--max-macs", type=float, default=None, help="constraint on MACs per image")
+    p.add_argument("--max-params", type=float, default=None, help="constraint on parameters")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="constraint on batch-1 latency measured on the driver's CPU")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs allowed")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="trials at once (default: local CPUs / cpus-per-trial)")
+    p.add_argument("--address", default=None, help="join a Ray cluster (host:port or auto)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default OUT/NAME/study.db)")
+    p.add_argument("--out", default="experiments", help="directory holding experiments")
+    p.add_argument("--name", default="resnest", help="experiment (and study) name")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed-points", default="",
+                   help="named points to evaluate first, comma separated")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a trial lost with its worker")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny budget for tests and a first look (same code path)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    return p
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise UserError(f"{name} must be positive, got {value:g}")
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """Validate every flag (before anything is written) and build the experiment's config."""
+    smoke = SMOKE if args.smoke else {}
+    trials = args.trials if args.trials is not None else smoke.get("trials", 24)
+    epochs = args.epochs if args.epochs is not None else smoke.get("epochs", 4)
+    budget = parse_duration(args.time_budget or smoke.get("time_budget", "4m"))
+    for name, value in (("--trials", trials), ("--epochs", epochs),
+                        ("--cpus-per-trial", args.cpus_per_trial),
+                        ("--batch-size", args.batch_size), ("--max-macs", args.max_macs),
+                        ("--max-params", args.max_params),
+                        ("--max-latency-ms", args.max_latency_ms),
+                        ("--concurrency", args.concurrency), ("--lr", args.lr),
+                        ("--image-size", args.image_size)):
+        _positive(name, value)
+    if args.gpus_per_trial < 0:
+        raise UserError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial:g}")
+    if args.max_failures < 0:
+        raise UserError(f"--max-failures must be >= 0, got {args.max_failures}")
+    objectives = parse_objectives(args.objectives)
+    if args.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {args.sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    make_pruner(args.pruner, objectives, epochs=epochs)  # validates name and combination
+    space = get_space(args.space, args.preset)
+    seed_points = tuple(n.strip() for n in args.seed_points.split(",") if n.strip())
+    for name in seed_points:
+        named_point(name)
+    constraints = {
+        k: float(v) for k, v in (("max_macs", args.max_macs), ("max_params", args.max_params),
+                                 ("max_latency_ms", args.max_latency_ms)) if v is not None
+    }
+    train = {"batch_size": args.batch_size}
+    if args.lr is not None:
+        train["lr"] = args.lr
+    if "train_subset" in smoke:
+        train["train_subset"] = smoke["train_subset"]
+    config = ExperimentConfig(
+        name=args.name, space=args.space, preset=space.preset.name, data=args.data,
+        image_size=args.image_size or smoke.get("image_size", 0), objectives=tuple(
+            o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
+        sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
+        constraints=constraints, seed_points=seed_points, train=train,
+    )
+    runtime = {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+               "concurrency": args.concurrency, "address": args.address,
+               "max_failures": args.max_failures, "verbose": args.verbose}
+    return config, runtime
+
+
+def cost_function(config: ExperimentConfig) -> Any:
+    """Static costs per spec at the search's resolution; latency only when something uses it."""
+    import nas
+
+    needs_latency = "latency" in config.objectives or "max_latency_ms" in config.constraints
+
+    def costs(spec: ArchSpec) -> dict[str, float]:
+        if needs_latency:
+            record = nas.measure_costs(spec, image_size=config.image_size, device="cpu")
+        else:
+            record = nas.static_costs(spec, image_size=config.image_size)
+        out = {"params": float(record.params), "macs": float(record.macs),
+               "peak_memory_bytes": float(record.peak_memory_bytes)}
+        if needs_latency:
+            out["latency_ms"] = float(record.latency_ms)
+        return out
+
+    return costs
+
+
+def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec]:
+    """The space's cheapest-looking corners: every binary choice at the smallest sizes."""
+    p = space.preset
+    specs = []
+    radix = min(p.usable_radix)
+    cardinality = min(p.cardinality if radix == 0 else p.attention_cardinalities)
+    for stem, avg_down, avd in itertools.product(p.stem, p.avg_down, p.avd):
+        for avd_first in p.avd_first_choices_given_avd(avd):
+            specs.append(space.suggest(_Fixed({
+                "stem": stem, "stem_width": min(p.stem_width), "base_planes": min(p.base_planes),
+                "avg_down": avg_down, "avd": avd, "avd_first": avd_first,
+                "attn_reduction": max(p.attn_reduction), "attn_min_width": min(p.attn_min_width),
+                "dropout": p.dropout[0],
+                **{f"s{i + 1}_{k}": v for i, (low, _) in enumerate(p.stage_depths)
+                   for k, v in (("depth", low), ("radix", radix), ("cardinality", cardinality),
+                                ("cardinality_plain", cardinality), ("width", min(p.width)))},
+            })).replace(num_classes=config.num_classes, in_channels=config.in_channels))
+    return specs
+
+
+class _Fixed:
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.answers[name]
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return self.answers[name]
+
+
+def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any) -> None:
+    """Refuse constraints that no architecture of the space meets, before any training."""
+    if not config.constraints:
+        return
+    from nas.controller import CONSTRAINT_COLUMNS
+
+    rng = np.random.default_rng(config.seed)
+    candidates = corner_specs(space, config) + [
+        space.sample(rng).replace(num_classes=config.num_classes, in_channels=config.in_channels)
+        for _ in range(64)
+    ]
+    table = [costs(s) for s in candidates]
+    for flag, limit in config.constraints.items():
+        column = CONSTRAINT_COLUMNS[flag]
+        cheapest = min(c[column] for c in table)
+        if cheapest > limit:
+            raise UserError(
+                f"--{flag.replace('_', '-')} {limit:g} is unsatisfiable: the cheapest "
+                f"architecture of space {space.name} found has {column} {cheapest:.4g} "
+                f"at {config.image_size} px"
+            )
+    if not any(all(c[CONSTRAINT_COLUMNS[f]] <= lim for f, lim in config.constraints.items())
+               for c in table):
+        raise UserError(
+            "the constraints contradict each other: no sampled architecture meets all of "
+            + ", ".join(f"--{f.replace('_', '-')} {v:g}" for f, v in config.constraints.items())
+        )
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config, runtime = config_from_args(args)
+    exp = prepare_directory(Path(args.out), config.name, args.resume)
+    if args.resume:
+        stored = load_config(exp)
+        config = replace(
+            stored,
+            trials=args.trials if args.trials is not None else stored.trials,
+            time_budget_s=parse_duration(args.time_budget) if args.time_budget
+            else stored.time_budget_s,
+        )
+    from trials.data import load_data
+
+    data = load_data(config.data, config.image_size or None, include_test=False)
+    config = replace(config, image_size=data.image_size, num_classes=data.num_classes,
+                     in_channels=data.in_channels)
+    space = get_space(config.space, config.preset)
+    smallest = min(s.min_image_size for s in corner_specs(space, config))
+    if config.image_size < smallest:
+        raise UserError(
+            f"--image-size {config.image_size} is too small for space {space.name}: its "
+            f"networks need at least {smallest} px"
+        )
+    objectives = parse_objectives(list(config.objectives))
+    costs = cost_function(config)
+    check_satisfiable(space, config, costs)
+    from trials import ray_runner
+
+    ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
+    exp.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (exp / "experiment.json").write_text(config.to_json())
+    study = open_study(config, exp, objectives, resume=args.resume)
+    controller = make_controller(config, exp, study, space, objectives, costs, args.resume)
+    concurrency = runtime["concurrency"] or max(
+        1, int(ray_runner.available_cpus() // runtime["cpus_per_trial"])
+    )
+    print(f"searching {space.name} on {config.data} ({config.image_size} px): "
+          f"{config.trials} trials, {config.epochs} epochs, {config.time_budget_s:.0f}s budget, "
+          f"objectives {','.join(config.objectives)}, sampler {config.sampler}, "
+          f"pruner {config.pruner}, {concurrency} at once -> {exp}", flush=True)
+    try:
+        ray_runner.run_search(
+            controller, storage_path=exp, cpus_per_trial=runtime["cpus_per_trial"],
+            gpus_per_trial=runtime["gpus_per_trial"], concurrency=concurrency,
+            max_failures=runtime["max_failures"], time_budget_s=config.time_budget_s,
+            verbose=runtime["verbose"],
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python -m nas.search --out {args.out} "
+              f"--name {config.name} --resume", file=sys.stderr)
+        return 130
+    controller.close_live("stopped at the end of the search")
+    print_front(controller, objectives)
+    return 0
+
+
+def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective, ...],
+               resume: bool) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = make_sampler(config.sampler, seed=config.seed, n_trials=config.trials,
+                           constrained=bool(config.constraints))
+    pruner = make_pruner(config.pruner, objectives, epochs=config.epochs)
+    url = study_storage_url(exp, config.storage)
+    if not resume and config.storage and config.name in optuna.get_all_study_names(url):
+        raise UserError(f"study {config.name!r} already exists in --storage; pass --resume")
+    return optuna.create_study(
+        storage=url, study_name=config.name, sampler=sampler, pruner=pruner,
+        directions=[o.direction for o in objectives], load_if_exists=resume,
+    )
+
+
+def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResNeStSpace,
+                    objectives: tuple[Objective, ...], costs: Any, resume: bool) -> Any:
+    from nas.controller import SearchController, adapt_to_task
+
+    records = read_trials_csv(exp) if resume else []
+    done = {r.spec.spec_hash for r in records}
+    seeds = [adapt_to_task(named_point(n), config, space.preset.input_regime)
+             for n in config.seed_points]
+    seeds = [s for s in seeds if s.spec_hash not in done]
+
+    def trial_config(trial_id: str, spec: ArchSpec, resume_from: str | None) -> dict[str, Any]:
+        return {
+            "spec": spec.to_json(), "data": config.data, "image_size": config.image_size,
+            "epochs": config.epochs, "seed": config.seed, "trial_dir": str(
+                (exp / "trials" / trial_id).resolve()), "resume_from": resume_from,
+            "train": dict(config.train),
+        }
+
+    return SearchController(config, exp, study, space, objectives, costs, trial_config,
+                            seed_specs=seeds, records=records)
+
+
+def print_front(controller: Any, objectives: tuple[Objective, ...]) -> None:
+    front = controller.front()
+    print(f"\nPareto front ({len(front)} of {len(controller.records)} trials; "
+          f"{controller.status_line()}):")
+    print(f"{'trial':<7} {'tag':<40} {'accuracy':>9} {'MMACs':>9} {'params':>9} {'epochs':>6}")
+    for r in front:
+        print(f"{r.trial_id:<7} {r.spec.tag:<40} {r.accuracy:>9.2%} "
+              f"{r.costs.get('macs', 0) / 1e6:>9.2f} {r.costs.get('params', 0) / 1e6:>8.3f}M "
+              f"{r.epochs:>6}")
+    print(f"\ninspect: python -m analysis.pareto {controller.exp}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

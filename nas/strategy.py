@@ -1,0 +1,88 @@
+"""Search strategies: an Optuna sampler plus arguments, and the pruner, chosen by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from nas.objectives import Objective
+from nas.pareto_pruner import ParetoPruner
+from search_spaces.errors import UserError
+
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "qmc")
+PRUNERS = ("pareto", "median", "sha", "hyperband", "none")
+# Where the search stores each trial's constraint violations (<= 0 means satisfied).
+VIOLATIONS_ATTR = "constraint_violations"
+
+
+def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
+    """Optuna's `constraints_func`: reads what the search computed from static costs."""
+    return trial.user_attrs.get(VIOLATIONS_ATTR, (0.0,))
+
+
+def make_sampler(
+    name: str, *, seed: int, n_trials: int, constrained: bool
+) -> optuna.samplers.BaseSampler:
+    """A seeded sampler; population and start-up sizes scale with small budgets."""
+    constraints: Callable | None = constraint_violations if constrained else None
+    startup = max(4, min(10, n_trials // 4))
+    population = max(4, min(50, n_trials // 4))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True,
+            constraints_func=constraints,
+        )
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=population, constraints_func=constraints
+        )
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(
+            seed=seed, population_size=population, constraints_func=constraints
+        )
+    if name == "gp":
+        return optuna.samplers.GPSampler(
+            seed=seed, n_startup_trials=startup, constraints_func=constraints
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    raise UserError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(
+    name: str, objectives: Sequence[Objective], *, epochs: int, reduction_factor: int = 3
+) -> optuna.pruners.BasePruner:
+    """The pruner for `objectives`.
+
+    `pareto` ranks by (accuracy, static costs) and suits any number of objectives. Optuna's own
+    pruners read a single direction, so with several objectives `sha` becomes accuracy-ranked ASHA
+    (the same rungs as `pareto`, costs ignored) and `median`/`hyperband` are refused.
+    """
+    multi = len(objectives) > 1
+    costs = tuple(o.column for o in objectives if o.name != "accuracy")
+    if name == "pareto":
+        return ParetoPruner(costs, min_resource=1, reduction_factor=reduction_factor)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "sha":
+        if multi:
+            return ParetoPruner((), min_resource=1, reduction_factor=reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=reduction_factor
+        )
+    if name in ("median", "hyperband"):
+        if multi:
+            raise UserError(
+                f"pruner {name} ranks one objective; with objectives "
+                f"{','.join(o.name for o in objectives)} use pareto, sha or none"
+            )
+        if name == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max(epochs, 1), reduction_factor=reduction_factor
+        )
+    raise UserError(f"unknown pruner {name!r}; valid pruners: {', '.join(PRUNERS)}")
