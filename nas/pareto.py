@@ -47,8 +47,8 @@ def crowding_distance(values: np.ndarray) -> np.ndarray:
     return distance
 
 
-def promotion_order(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
-    """Row indices best-first: by front, then by crowding distance (MO-ASHA's ranking)."""
+def promotion_keys(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """(front, -crowding) per row: smaller is better (MO-ASHA's ranking; NSGA-II's order)."""
     values = np.asarray(values, dtype=float)
     ranks = nondomination_rank(values, maximize)
     crowd = np.zeros(len(values))
@@ -56,7 +56,23 @@ def promotion_order(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     for rank in np.unique(ranks):
         members = np.flatnonzero(ranks == rank)
         crowd[members] = crowding_distance(loss[members])
-    return np.lexsort((-crowd, ranks))
+    return np.stack([ranks.astype(float), -crowd], axis=1)
+
+
+def promotion_order(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Row indices best-first by `promotion_keys`."""
+    keys = promotion_keys(values, maximize)
+    return np.lexsort((keys[:, 1], keys[:, 0]))
+
+
+def top_k_with_ties(values: np.ndarray, maximize: Sequence[bool], k: int) -> np.ndarray:
+    """Mask of the best `k` rows, plus every row tied with the k-th: both extremes of a front
+    have infinite crowding distance, and the cheap extreme must not lose to the expensive one
+    just because it arrived later."""
+    keys = promotion_keys(values, maximize)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    threshold = keys[order[min(k, len(order)) - 1]]
+    return (keys[:, 0] < threshold[0]) | ((keys[:, 0] == threshold[0]) & (keys[:, 1] <= threshold[1]))
 
 
 def hypervolume(values: np.ndarray, maximize: Sequence[bool], reference: Sequence[float]) -> float:

@@ -19,7 +19,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.pareto import promotion_order
+from nas.pareto import top_k_with_ties
 
 
 class ParetoPruner(BasePruner):
@@ -70,7 +70,7 @@ class ParetoPruner(BasePruner):
             dtype=float,
         )
         values[~np.isfinite(values[:, 0]), 0] = -np.inf
-        order = promotion_order(values, [True] + [False] * len(self.cost_attrs))
         keep = max(1, len(peers) // self.reduction_factor)
-        promoted = {peers[i].number for i in order[:keep]}
-        return trial.number not in promoted
+        promoted = top_k_with_ties(values, [True] + [False] * len(self.cost_attrs), keep)
+        index = next(i for i, t in enumerate(peers) if t.number == trial.number)
+        return not promoted[index]
