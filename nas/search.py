@@ -32,7 +32,7 @@ from search_spaces.registry import get_space, list_presets, list_spaces, named_p
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
 
-SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8, "train_subset": 256}
+SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
 
 
 def parse_duration(text: str) -> float:
@@ -127,8 +127,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
     train = {"batch_size": args.batch_size}
     if args.lr is not None:
         train["lr"] = args.lr
-    if "train_subset" in smoke:
-        train["train_subset"] = smoke["train_subset"]
     config = ExperimentConfig(
         name=args.name, space=args.space, preset=space.preset.name, data=args.data,
         image_size=args.image_size or smoke.get("image_size", 0), objectives=tuple(
