@@ -87,6 +87,22 @@ class DataBundle:
             return replace(split, images=split.images.to(device), labels=split.labels.to(device))
         return replace(self, train=move(self.train), val=move(self.val), test=move(self.test))
 
+    def subset(self, fraction: float) -> DataBundle:
+        """A copy training on a fixed stratified `fraction` of the train split (val/test kept):
+        cheap low-fidelity runs and quick tests."""
+        if not 0.0 < fraction <= 1.0:
+            raise DataError(f"train fraction must be in (0, 1], got {fraction}")
+        if fraction == 1.0:
+            return self
+        _, take = stratified_split(self.train.labels.cpu().numpy(), fraction, SPLIT_SEED)
+        idx = torch.as_tensor(take)
+        train = Split(
+            labels=self.train.labels[idx.to(self.train.labels.device)],
+            images=None if self.train.images is None else self.train.images[idx.to(self.train.images.device)],
+            files=None if self.train.files is None else tuple(self.train.files[i] for i in take),
+        )
+        return replace(self, train=train)
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return max(1, len(self.train) // batch_size)
 

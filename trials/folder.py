@@ -66,7 +66,7 @@ def read_image(path: Path, size: int) -> np.ndarray:
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
         img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0)
         left, top = (nw - size) // 2, (nh - size) // 2
-        return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 class _Images(Dataset):

@@ -29,7 +29,7 @@ from trials.trial import Trial
 _CONFIG_OPTIONS = (
     "arch", "data", "epochs", "image_size", "batch_size", "lr", "optimizer", "weight_decay",
     "momentum", "label_smoothing", "warmup_epochs", "grad_clip", "seed", "device", "workers",
-    "val_fraction",
+    "val_fraction", "train_fraction",
 )
 
 
@@ -53,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--workers", type=int, help="DataLoader workers for large image folders")
     p.add_argument("--val-fraction", type=float, help="val share carved from train when absent (0.1)")
+    p.add_argument("--train-fraction", type=float, help="train on a fixed stratified subset (default 1)")
     p.add_argument("--adapt", action="store_true", help="retarget a spec JSON's classes/channels to the data")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

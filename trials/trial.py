@@ -38,6 +38,7 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "image_size": None,  # None: the dataset's default (digits 16, CIFAR 32, folder 64)
     "adapt": True,  # retarget num_classes/in_channels to the data (False: a mismatch is an error)
     "val_fraction": 0.1,  # carved from train when the dataset has no validation split
+    "train_fraction": 1.0,  # train on a fixed stratified subset (low fidelity, quick tests)
     "in_memory": None,  # folder data: None decides by size
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "workers": None,  # DataLoader workers for streamed folders; None: the trial's CPU threads
@@ -151,7 +152,7 @@ class Trial:
         workers = cfg["workers"] if cfg["workers"] is not None else (threads or len(os.sched_getaffinity(0)))
         template, explicit = resolve_arch(cfg["spec"])
         self.data = _cached_data(cfg["data"], cfg["image_size"], include_test, float(cfg["val_fraction"]),
-                                 cfg["in_memory"], int(workers))
+                                 cfg["in_memory"], int(workers)).subset(float(cfg["train_fraction"]))
         self.spec = fit_spec(template, self.data, adapt=bool(cfg["adapt"]) or not explicit,
                              source=f"spec {cfg['spec']}" if isinstance(cfg["spec"], str) else "the spec")
         self.costs = static_costs(self.spec, self.data.image_size)
