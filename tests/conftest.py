@@ -1,0 +1,160 @@
+"""Shared fixtures.
+
+`small_experiment`: ONE real experiment directory per test session, for analysis and export tests.
+Until `python -m nas.search --smoke` runs end to end, it is written here by hand (clearly a test
+fixture): a few tiny specs trained for real with `trials.training` on a subset of digits at 8 px,
+then experiment.json, trials.csv, an Optuna SQLite study and checkpoints in the layout
+`nas.experiment` documents. States covered: COMPLETE (incl. a named seed point), PRUNED (with a
+checkpoint from epoch 1) and FAIL (no checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FIXTURE_NAME = "fx"
+FIXTURE_SEED_POINT = "resnest14d"
+FIXTURE_IMAGE_SIZE = 8
+FIXTURE_EPOCHS = 2
+
+
+def _fixture_specs() -> list[tuple[str, Any]]:
+    """(planned state, spec) for each trial; all but the seed point lie inside the small space."""
+    from search_spaces import ArchSpec, StageSpec, named_point
+
+    task = {"num_classes": 10, "in_channels": 1, "input_regime": "small"}
+    common = {"stem_width": 8, "base_planes": 16, "attn_min_width": 8, **task}
+
+    def spec(stages: list[tuple[int, int, int, int]], **kw: Any) -> ArchSpec:
+        return ArchSpec(stages=tuple(StageSpec(*s) for s in stages), **{**common, **kw})
+
+    return [
+        ("COMPLETE", named_point(FIXTURE_SEED_POINT).replace(**task)),  # seed points run first
+        ("COMPLETE", spec([(1, 2, 1, 16)] * 4)),
+        ("COMPLETE", spec([(1, 0, 2, 8)] * 4, stem="plain", avg_down=False, avd=False)),
+        ("COMPLETE", spec([(1, 1, 2, 24)] * 4, avd_first=True, attn_reduction=2)),
+        ("COMPLETE", spec([(1, 0, 1, 8), (1, 4, 1, 16), (2, 1, 2, 8), (1, 2, 1, 8)],
+                          dropout=0.1, attn_min_width=16)),
+        ("PRUNED", spec([(1, 2, 2, 16)] * 4, stem_width=16)),
+        ("FAIL", spec([(2, 1, 1, 8)] * 4)),
+    ]
+
+
+def _static_costs(model: Any, image_size: int, in_channels: int) -> dict[str, float]:
+    """Exact parameter count and conv/linear MACs of one image (hooks; fixture-only stand-in)."""
+    import torch
+
+    macs = 0
+
+    def hook(module: Any, inputs: Any, output: Any) -> None:
+        nonlocal macs
+        weight = module.weight
+        per_output = weight[0].numel()
+        macs += per_output * output[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, in_channels, image_size, image_size))
+    for h in handles:
+        h.remove()
+    return {"params": float(sum(p.numel() for p in model.parameters())), "macs": float(macs)}
+
+
+def build_fixture_experiment(root: Path) -> Path:
+    """Train the fixture specs and write a complete experiment directory under `root`.
+
+    One torch thread: tiny convs on a shared 2-core machine run ~10x slower oversubscribed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build(root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(root: Path) -> Path:
+    import optuna
+    import torch
+    from optuna.trial import TrialState
+
+    import nas
+    from nas.experiment import ExperimentConfig, study_storage_url, write_trials_csv
+    from search_spaces import get_space
+    from trials.data import Split, load_data
+    from trials.record import TrialRecord
+    from trials.training import TrainConfig, Trainer, save_checkpoint
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp = root / FIXTURE_NAME
+    exp.mkdir(parents=True)
+    space = get_space("resnest")
+    train_cfg = TrainConfig(epochs=FIXTURE_EPOCHS, batch_size=32, seed=0, optimizer="adamw",
+                            lr=3e-3)
+    config = ExperimentConfig(
+        name=FIXTURE_NAME, space="resnest", preset="small", data="digits",
+        image_size=FIXTURE_IMAGE_SIZE, objectives=("accuracy", "macs"), epochs=FIXTURE_EPOCHS,
+        trials=7, time_budget_s=120.0, sampler="tpe", pruner="pareto", seed=0, storage="",
+        seed_points=(FIXTURE_SEED_POINT,), train=train_cfg.to_dict(),
+    )
+    (exp / "experiment.json").write_text(config.to_json())
+    data = load_data("digits", FIXTURE_IMAGE_SIZE, include_test=False)
+    subset = torch.arange(0, len(data.train), 3)  # ~420 images: fast, still learnable
+    data = dataclasses.replace(data, train=Split(labels=data.train.labels[subset],
+                                                 images=data.train.images[subset]))
+    study = optuna.create_study(storage=study_storage_url(exp, ""), study_name=FIXTURE_NAME,
+                                directions=["maximize", "minimize"])
+    records = []
+    for number, (state, spec) in enumerate(_fixture_specs()):
+        inside = space.contains(spec)
+        if inside:
+            study.enqueue_trial(space.params_of(spec))
+        trial = study.ask()
+        if inside:
+            assert space.suggest(trial).replace(num_classes=10, in_channels=1) == spec
+        trial_id = f"t{number:04d}"
+        torch.manual_seed(0)
+        model = nas.build_model(spec)
+        costs = _static_costs(model, FIXTURE_IMAGE_SIZE, 1)
+        for key, value in {"spec": spec.to_json(), "tag": spec.tag, **costs,
+                           "constraint_violations": [0.0]}.items():
+            trial.set_user_attr(key, value)
+        checkpoint = None
+        curve: list[dict[str, Any]] = []
+        reason = ""
+        if state != "FAIL":
+            trainer = Trainer(model, data, train_cfg)
+            for _ in range(FIXTURE_EPOCHS if state == "COMPLETE" else 1):
+                trainer.train_epoch()
+            curve = [{k: e[k] for k in ("epoch", "train_loss", "val_top1", "val_top5", "lr")}
+                     for e in trainer.curve]
+            trial_dir = exp / "trials" / trial_id
+            trial_dir.mkdir(parents=True)
+            (trial_dir / "spec.json").write_text(spec.to_json(indent=2))
+            state_dict = {**trainer.state_dict(), "epochs": FIXTURE_EPOCHS,
+                          "spec": spec.to_dict(), "config": {"data": "digits"},
+                          "data": data.describe(), "costs": costs}
+            checkpoint = str(save_checkpoint(state_dict, trial_dir / "checkpoint.pt"))
+        if state == "COMPLETE":
+            study.tell(trial, [curve[-1]["val_top1"], costs["macs"]])
+        else:
+            reason = ("pruned at epoch 1 by pareto" if state == "PRUNED"
+                      else "non-finite training loss (nan) in epoch 1 by step 3")
+            study.tell(trial, state=getattr(TrialState, state))
+        records.append(TrialRecord(trial_id, number, state, spec, costs, tuple(curve),
+                                   reason=reason, seconds=1.0, checkpoint=checkpoint))
+    write_trials_csv(exp, records)
+    return exp
+
+
+@pytest.fixture(scope="session")
+def small_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the session's small experiment (treat as read-only; copy it to modify)."""
+    return build_fixture_experiment(tmp_path_factory.mktemp("experiments"))
