@@ -63,6 +63,7 @@ def run_trial(config: dict[str, Any], *, report: Callable[..., None],
         return
     try:
         for metrics in trial.run():
+            metrics.update(threads=threads, device=device)
             with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
                 trial.save(directory)
                 report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
@@ -87,7 +88,6 @@ def run_tuner(param_space: dict[str, Any], *, storage_path: str | Path, name: st
         run_config=tune.RunConfig(
             name=name, storage_path=str(Path(storage_path).resolve()), verbose=0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     return tuner.fit()

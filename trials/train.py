@@ -64,8 +64,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: getattr(args, k) for k in _CONFIG_OPTIONS if getattr(args, k) is not None}
     if "arch" in given:
         given["spec"] = given.pop("arch")
-    if args.adapt:
-        given["adapt"] = True
+    given["adapt"] = bool(args.adapt)  # the trial default (True) suits searches, not explicit JSON
     return given
 
 
@@ -74,7 +73,7 @@ def _resume_config(out: Path, given: dict[str, Any]) -> tuple[dict[str, Any], di
     state = load_checkpoint(out / "checkpoint.pt")
     config = {**state["config"], **state["train_config"], "spec": state["spec"]}
     given.pop("spec", None)  # the checkpoint's spec is the adapted one; --arch may be a template
-    for key in ("device", "workers"):  # where it runs may change; what it computes may not
+    for key in ("device", "workers", "adapt"):  # where it runs may change; what it computes may not
         if key in given:
             config[key] = given.pop(key)
     config["trial_dir"] = str(out)

@@ -127,10 +127,11 @@ def _cached_data(data: str, image_size: int | None, include_test: bool, val_frac
 
 
 def static_costs(spec: ArchSpec, image_size: int) -> dict[str, float]:
-    """The numeric cost fields of `nas.static_costs` (imported late: nas imports torch models)."""
-    import nas
+    """The numeric cost fields of `nas.static_costs` (params, MACs, peak memory; no latency:
+    that needs timing runs, which the search does once per spec if an objective uses it)."""
+    from nas.costs import static_costs as costs_of
 
-    record = nas.static_costs(spec, image_size)
+    record = costs_of(spec, image_size)
     raw = record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
     return {k: raw[k] for k in COST_KEYS if isinstance(raw.get(k), (int, float)) and not isinstance(raw.get(k), bool)}
 
