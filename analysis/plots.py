@@ -1,0 +1,133 @@
+"""Accuracy-versus-cost pictures of one or several experiments.
+
+PNG (matplotlib): every trial faded, each experiment's front as a step line, the cost axis on a log
+scale (costs of searched networks span orders of magnitude), named seed points labelled, and the
+hypervolume history beside it. HTML (plotly): the same scatter, where hovering a point shows its spec
+and learning curve. With more than two objectives the plots show accuracy against the first cost;
+the step line is then the front of that pair.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+from analysis.front import (
+    ObjectivesLike,
+    as_objectives,
+    completed,
+    format_point,
+    hypervolume_history,
+    pareto_front,
+    reference_point,
+)
+from nas.objectives import Objective
+
+LABELS = {"accuracy": "validation top-1", "macs": "MACs per image", "params": "parameters",
+          "latency": "latency (ms, batch 1)", "memory": "peak memory (bytes)"}
+STATE_MARKERS = {"COMPLETE": "o", "PRUNED": "x", "FAIL": "v", "RUNNING": "."}
+
+
+def plot_axes(objectives: ObjectivesLike) -> tuple[Objective, Objective]:
+    """(cost on x, accuracy on y): the first cost objective against accuracy."""
+    objs = as_objectives(objectives)
+    cost = next((o for o in objs if not o.maximize), None)
+    if cost is None:
+        cost = as_objectives("accuracy,macs")[1]
+    return cost, next(o for o in objs if o.maximize)
+
+
+def _plotted(df: pd.DataFrame, x: Objective, y: Objective) -> pd.DataFrame:
+    return df[df[x.column].notna() & df[y.column].notna()]
+
+
+def front_figure(df: pd.DataFrame, objectives: ObjectivesLike,
+                 reference: Mapping[str, float] | None = None) -> Figure:
+    """Scatter of all trials (faded; pruned trials at their partial accuracy as crosses), the
+    front of each experiment as a step line, seed points labelled; hypervolume history at right."""
+    x, y = plot_axes(objectives)
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    ax, hv_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    ref = dict(reference) if reference is not None else reference_point(df, objectives)
+    history = hypervolume_history(df, objectives, ref)
+    for i, (name, group) in enumerate(df.groupby("experiment", sort=False)):
+        color = f"C{i}"
+        shown = _plotted(group, x, y)
+        for state, marker in STATE_MARKERS.items():
+            part = shown[shown["state"] == state]
+            if len(part):
+                ax.scatter(part[x.column], part[y.column], color=color, marker=marker, alpha=0.3,
+                           label=f"{name}: {state.lower()}")
+        front = pareto_front(completed(group, [y, x]), [y, x])
+        ax.step(front[x.column], front[y.column], where="post", color=color, linewidth=2,
+                marker="o", label=f"{name}: front ({len(front)})")
+        for _, row in shown[shown["seed_point"] != ""].iterrows():
+            ax.annotate(row["seed_point"], (row[x.column], row[y.column]), xytext=(4, 4),
+                        textcoords="offset points", fontsize=8, color=color)
+        hv = history[history["experiment"] == name]
+        hv_ax.step(hv["number"], hv["hypervolume"], where="post", color=color, marker=".",
+                   label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(LABELS.get(x.name, x.name) + " (log)")
+    ax.set_ylabel(LABELS.get(y.name, y.name))
+    ax.set_title(f"{y.name} vs {x.name}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    hv_ax.set_xlabel("trial number")
+    hv_ax.set_ylabel("hypervolume (fraction of box)")
+    hv_ax.set_title("hypervolume over trials\nreference " + format_point(ref), fontsize=10)
+    hv_ax.grid(True, alpha=0.3)
+    return fig
+
+
+def save_png(df: pd.DataFrame, objectives: ObjectivesLike, path: str | Path,
+             reference: Mapping[str, float] | None = None) -> Path:
+    front_figure(df, objectives, reference).savefig(path, dpi=120)
+    return Path(path)
+
+
+def _hover(row: pd.Series) -> str:
+    """Tag, id, state, spec (pretty JSON) and per-epoch curve, as plotly hover HTML."""
+    spec = json.dumps(json.loads(row["spec"]), indent=1, sort_keys=True)
+    curve = "<br>".join(
+        f"epoch {e.get('epoch')}: val_top1 {e.get('val_top1', float('nan')):.4f}, "
+        f"train_loss {e.get('train_loss', float('nan')):.4f}" for e in row["curve"]
+    )
+    seed = f" (seed point {row['seed_point']})" if row["seed_point"] else ""
+    return (f"<b>{row['trial_id']}</b> {row['tag']}{seed} [{row['state']}]<br>"
+            f"<b>curve</b><br>{curve or 'none'}<br><b>spec</b><br>"
+            + spec.replace("\n", "<br>").replace(" ", "&nbsp;"))
+
+
+def front_html(df: pd.DataFrame, objectives: ObjectivesLike) -> go.Figure:
+    """Interactive scatter: faded trials, front step lines; hover shows spec and curve."""
+    x, y = plot_axes(objectives)
+    fig = go.Figure()
+    for name, group in df.groupby("experiment", sort=False):
+        shown = _plotted(group, x, y)
+        fig.add_trace(go.Scatter(
+            x=shown[x.column], y=shown[y.column], mode="markers+text", name=f"{name}: trials",
+            opacity=0.5, text=shown["seed_point"], textposition="top right",
+            hovertext=[_hover(r) for _, r in shown.iterrows()], hoverinfo="text",
+            marker={"symbol": [{"PRUNED": "x", "FAIL": "triangle-down"}.get(s, "circle")
+                               for s in shown["state"]]},
+        ))
+        front = pareto_front(completed(group, [y, x]), [y, x])
+        fig.add_trace(go.Scatter(
+            x=front[x.column], y=front[y.column], mode="lines+markers", line_shape="hv",
+            name=f"{name}: front", hovertext=[_hover(r) for _, r in front.iterrows()], hoverinfo="text",
+        ))
+    fig.update_layout(xaxis_title=LABELS.get(x.name, x.name), yaxis_title=LABELS.get(y.name, y.name),
+                      xaxis_type="log", title=f"{y.name} vs {x.name}", hoverlabel={"align": "left"})
+    return fig
+
+
+def save_html(df: pd.DataFrame, objectives: ObjectivesLike, path: str | Path) -> Path:
+    """Self-contained HTML (plotly.js embedded: opens offline)."""
+    front_html(df, objectives).write_html(str(path), include_plotlyjs=True)
+    return Path(path)
