@@ -3,7 +3,7 @@ static costs, consults the pruner at every epoch report, and records every trial
 
 `trials/ray_runner.py` adapts this to Ray Tune's Searcher/Scheduler callbacks; tests can drive it
 directly. Optuna refuses `Trial.report` in multi-objective studies, so intermediate accuracies go to
-the study's storage directly; a pruned trial is told to Optuna as PRUNED (never COMPLETE with a
+the study's storage directly (see `nas.pareto_pruner`); a pruned trial is told to Optuna as PRUNED (never COMPLETE with a
 partial accuracy), so it never enters the sampler's model or the front as a finished value.
 """
 
@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from nas.experiment import ExperimentConfig, write_trials_csv
 from nas.objectives import Objective
 from nas.pareto import pareto_mask
+from nas.pareto_pruner import INTERMEDIATE_ATTR
 from nas.strategy import VIOLATIONS_ATTR
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
@@ -166,7 +167,12 @@ class SearchController:
         curve = [e for e in record.curve if e["epoch"] < epoch["epoch"]] + [epoch]
         self.records[trial_id] = replace(record, curve=tuple(curve))
         accuracy = float(result.get("val_top1", float("nan")))
-        self.storage.set_trial_intermediate_value(trial._trial_id, int(epoch["epoch"]), accuracy)
+        if len(self.objectives) == 1:
+            self.storage.set_trial_intermediate_value(trial._trial_id, int(epoch["epoch"]), accuracy)
+        else:
+            self.storage.set_trial_user_attr(trial._trial_id, INTERMEDIATE_ATTR, {
+                str(e["epoch"]): e.get("val_top1") for e in curve
+            })
         if epoch["epoch"] >= self.config.epochs:
             return False
         frozen = self.storage.get_trial(trial._trial_id)
@@ -272,8 +278,9 @@ class SearchController:
         macs = r.costs.get("macs")
         cost = f"{macs / 1e6:.2f}M MACs" if macs is not None else ""
         why = f" ({r.reason})" if r.reason else ""
+        finished = sum(x.state in ("COMPLETE", "PRUNED", "FAIL") for x in self.records.values())
         self.log(
-            f"[{self.launched}/{self.config.trials}] {r.trial_id} {r.state:<8} {r.spec.tag} "
+            f"[{finished}/{self.config.trials}] {r.trial_id} {r.state:<8} {r.spec.tag} "
             f"acc {acc} {cost} {r.epochs} ep {r.seconds:.0f}s{why}"
         )
         self.log(f"  {self.status_line()}")

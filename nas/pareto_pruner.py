@@ -5,9 +5,10 @@ erases the cheap end of the front. At each rung this pruner ranks every trial th
 by non-dominated sorting over (accuracy at the rung, the trial's static costs) and keeps the best
 1/eta, as MO-ASHA (Schmucker et al., 2021) does.
 
-Optuna refuses `Trial.report` in multi-objective studies, so the search writes intermediate
-accuracies to the storage itself; this pruner reads `trial.intermediate_values` and the static costs
-stored as user attributes, which works for single- and multi-objective studies alike.
+Optuna refuses `Trial.report` in multi-objective studies (and its TPE sampler breaks on pruned
+multi-objective trials that carry intermediate values), so there the search stores intermediate
+accuracies as the user attribute `INTERMEDIATE_ATTR`; single-objective studies use Optuna's own
+intermediate values. This pruner reads either, plus the static costs stored as user attributes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.pareto import top_k_with_ties
+
+INTERMEDIATE_ATTR = "intermediate_accuracy"
+
+
+def intermediate_values(trial: FrozenTrial) -> dict[int, float]:
+    """Accuracy per epoch, from Optuna's intermediate values or the multi-objective attribute."""
+    if trial.intermediate_values:
+        return dict(trial.intermediate_values)
+    return {int(k): float(v) for k, v in trial.user_attrs.get(INTERMEDIATE_ATTR, {}).items()}
 
 
 class ParetoPruner(BasePruner):
@@ -53,24 +63,25 @@ class ParetoPruner(BasePruner):
         return rung == step
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        step = trial.last_step
+        own = intermediate_values(trial)
+        step = max(own, default=None)
         if step is None or not self.is_rung(step):
             return False
-        peers = [
-            t for t in study.get_trials(deepcopy=False)
-            if step in t.intermediate_values
-            and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-            and all(a in t.user_attrs for a in self.cost_attrs)
-        ]
-        if trial.number not in {t.number for t in peers}:
+        peers = []
+        for t in study.get_trials(deepcopy=False):
+            curve = own if t.number == trial.number else intermediate_values(t)
+            if (step in curve
+                    and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                    and all(a in t.user_attrs for a in self.cost_attrs)):
+                peers.append((t, curve[step]))
+        if trial.number not in {t.number for t, _ in peers}:
             return False  # Missing costs: no basis to rank it; let it run.
         values = np.array(
-            [[t.intermediate_values[step], *(t.user_attrs[a] for a in self.cost_attrs)]
-             for t in peers],
+            [[accuracy, *(t.user_attrs[a] for a in self.cost_attrs)] for t, accuracy in peers],
             dtype=float,
         )
         values[~np.isfinite(values[:, 0]), 0] = -np.inf
         keep = max(1, len(peers) // self.reduction_factor)
         promoted = top_k_with_ties(values, [True] + [False] * len(self.cost_attrs), keep)
-        index = next(i for i, t in enumerate(peers) if t.number == trial.number)
+        index = next(i for i, (t, _) in enumerate(peers) if t.number == trial.number)
         return not promoted[index]

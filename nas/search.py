@@ -142,15 +142,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
 
 def cost_function(config: ExperimentConfig) -> Any:
     """Static costs per spec at the search's resolution; latency only when something uses it."""
-    import nas
+    from nas.costs import measure_costs, static_costs
 
     needs_latency = "latency" in config.objectives or "max_latency_ms" in config.constraints
 
     def costs(spec: ArchSpec) -> dict[str, float]:
         if needs_latency:
-            record = nas.measure_costs(spec, image_size=config.image_size, device="cpu")
+            record = measure_costs(spec, image_size=config.image_size, device="cpu")
         else:
-            record = nas.static_costs(spec, image_size=config.image_size)
+            record = static_costs(spec, image_size=config.image_size)
         out = {"params": float(record.params), "macs": float(record.macs),
                "peak_memory_bytes": float(record.peak_memory_bytes)}
         if needs_latency:
@@ -247,7 +247,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     objectives = parse_objectives(list(config.objectives))
     costs = cost_function(config)
     check_satisfiable(space, config, costs)
-    from trials import ray_runner
+    from trials import ray_search_dev as ray_runner
 
     ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
     exp.mkdir(parents=True, exist_ok=True)

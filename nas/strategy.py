@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import optuna
@@ -26,6 +27,7 @@ def make_sampler(
     name: str, *, seed: int, n_trials: int, constrained: bool
 ) -> optuna.samplers.BaseSampler:
     """A seeded sampler; population and start-up sizes scale with small budgets."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     constraints: Callable | None = constraint_violations if constrained else None
     startup = max(4, min(10, n_trials // 4))
     population = max(4, min(50, n_trials // 4))

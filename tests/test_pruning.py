@@ -14,7 +14,7 @@ from nas.controller import SearchController
 from nas.experiment import ExperimentConfig, read_trials_csv
 from nas.objectives import parse_objectives
 from nas.pareto import pareto_mask, promotion_order
-from nas.pareto_pruner import ParetoPruner
+from nas.pareto_pruner import ParetoPruner, intermediate_values
 from nas.strategy import make_pruner, make_sampler
 from search_spaces import UserError, get_space
 
@@ -32,14 +32,14 @@ def _fake_costs(spec) -> dict[str, float]:
     return {"macs": macs, "params": macs / 10, "peak_memory_bytes": macs * 4}
 
 
-def _controller(tmp_path: Path, pruner_name: str, objectives: str = "accuracy,macs", memory: bool = True,
-                **kw) -> SearchController:
+def _controller(tmp_path: Path, pruner_name: str, objectives: str = "accuracy,macs",
+                memory: bool = True, sampler_name: str = "random", **kw) -> SearchController:
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = _config(pruner=pruner_name, objectives=tuple(objectives.split(",")), **kw)
     objs = parse_objectives(objectives)
     study = optuna.create_study(
         directions=[o.direction for o in objs],
-        sampler=make_sampler("random", seed=0, n_trials=config.trials,
+        sampler=make_sampler(sampler_name, seed=0, n_trials=config.trials,
                              constrained=bool(config.constraints)),
         pruner=make_pruner(pruner_name, objs, epochs=config.epochs),
         storage=optuna.storages.InMemoryStorage() if memory else f"sqlite:///{tmp_path / 'study.db'}",
@@ -85,8 +85,11 @@ def test_pareto_pruner_keeps_cheap_slow_learners_that_accuracy_sha_kills(tmp_pat
     assert any(r.state == "PRUNED" for r in pareto.records.values())
 
 
-def test_pruned_trials_are_pruned_in_optuna_and_absent_from_the_front(tmp_path: Path) -> None:
-    ctrl = _controller(tmp_path, "pareto")
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_pruned_trials_are_pruned_in_optuna_and_absent_from_the_front(
+    tmp_path: Path, sampler: str
+) -> None:
+    ctrl = _controller(tmp_path, "pareto", sampler_name=sampler)
     _simulate(ctrl, 20)
     study_states = {t.number: t.state for t in ctrl.study.trials}
     pruned = [r for r in ctrl.records.values() if r.state == "PRUNED"]
@@ -98,7 +101,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_absent_from_the_front(tmp_path: 
     front_ids = {r.trial_id for r in ctrl.front()}
     assert front_ids and not front_ids & {r.trial_id for r in pruned}
     # Intermediate values reached the multi-objective study despite Trial.report refusing them.
-    assert all(ctrl.study.trials[r.number].intermediate_values for r in pruned)
+    assert all(intermediate_values(ctrl.study.trials[r.number]) for r in pruned)
     # The csv agrees with the in-memory records.
     assert {r.trial_id: r.state for r in read_trials_csv(tmp_path)} == {
         r.trial_id: r.state for r in ctrl.records.values()

@@ -1,0 +1,104 @@
+"""`python -m nas.search`: bad input is refused before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.search import main, parse_duration
+from search_spaces import UserError
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture
+def existing(tmp_path: Path) -> Path:
+    """An output directory holding one (fake but well-formed) experiment."""
+    exp = tmp_path / "out" / "old"
+    exp.mkdir(parents=True)
+    (exp / "experiment.json").write_text('{"name": "old"}')
+    (exp / "trials.csv").write_text("trial_id,state\nt0000,COMPLETE\n")
+    return tmp_path / "out"
+
+
+BAD = [
+    (["--space", "resnet"], "unknown space 'resnet'; valid spaces: resnest"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid presets: small, imagenet"),
+    (["--sampler", "cma"], "unknown sampler 'cma'; valid samplers: tpe, nsga2"),
+    (["--pruner", "asha"], "unknown pruner 'asha'; valid pruners: pareto, median"),
+    (["--objectives", "accuracy,flops"], "unknown objective 'flops'; valid objectives:"),
+    (["--objectives", "macs"], "objectives must include accuracy"),
+    (["--objectives", "accuracy,macs,macs"], "objectives must not repeat"),
+    (["--pruner", "median"], "pruner median ranks one objective"),
+    (["--trials", "0"], "--trials must be positive, got 0"),
+    (["--epochs", "-1"], "--epochs must be positive, got -1"),
+    (["--time-budget", "0m"], "--time-budget must be positive"),
+    (["--time-budget", "soon"], "--time-budget must look like 90s, 10m or 1h"),
+    (["--max-macs", "-5"], "--max-macs must be positive"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
+    (["--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
+    (["--seed-points", "resnest51"], "unknown named point 'resnest51'"),
+    (["--name", "old"], "already exists; pass --resume"),
+    (["--name", "new", "--resume"], "it is not an experiment (no experiment.json)"),
+    (["--data", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--data", "imagenet"], "imagenet"),
+    (["--image-size", "4"], "too small"),
+    (["--max-macs", "1000"], "--max-macs 1000 is unsatisfiable: the cheapest architecture"),
+    (["--max-params", "100"], "--max-params 100 is unsatisfiable"),
+    (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(
+    args: list[str], message: str, existing: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(existing)
+    code = main(["--out", str(existing), "--smoke", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert _snapshot(existing) == before
+    assert sorted(p.name for p in existing.iterdir()) == ["old"]
+
+
+def test_contradictory_constraints_are_refused(existing: Path, capsys) -> None:
+    # Each bound alone is satisfiable; together no architecture of the space meets both.
+    code = main(["--out", str(existing), "--smoke", "--max-macs", "2e6", "--max-params", "2e4"])
+    err = capsys.readouterr().err
+    assert code == 2 and ("contradict" in err or "unsatisfiable" in err)
+
+
+def test_unwritable_output_directory_as_a_file(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["--out", str(blocker / "sub"), "--smoke"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_cli_module_exits_2_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas.search", "--space", "nope", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown space 'nope'; valid spaces: resnest, resnest-small, resnest-imagenet"
+    ]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    with pytest.raises(UserError):
+        parse_duration("-3m")
