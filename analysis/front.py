@@ -54,17 +54,21 @@ def _maximize(objs: Sequence[Objective]) -> list[bool]:
 
 
 def sort_along_front(df: pd.DataFrame, objectives: ObjectivesLike) -> pd.DataFrame:
-    """Cheapest first: by each cost objective in the given order, then by accuracy descending.
+    """Cheapest first: by each cost objective in the given order, then by accuracy descending;
+    experiments stay in the order they were given.
 
     With one cost (the usual accuracy-vs-cost search) this walks the front from the cheapest, least
     accurate member to the most accurate one."""
     objs = as_objectives(objectives)
     costs = [o.column for o in objs if not o.maximize]
     gains = [o.column for o in objs if o.maximize]
-    group = ["experiment"] if "experiment" in df.columns else []
-    by = group + costs + gains + ["number"]
-    ascending = [True] * len(group + costs) + [False] * len(gains) + [True]
-    return df.sort_values(by, ascending=ascending, kind="stable")
+    ordered = df.sort_values(costs + gains + ["number"],
+                             ascending=[True] * len(costs) + [False] * len(gains) + [True],
+                             kind="stable")
+    if "experiment" not in df.columns:
+        return ordered
+    first_seen = {name: i for i, name in enumerate(pd.unique(df["experiment"]))}
+    return ordered.sort_values("experiment", key=lambda s: s.map(first_seen), kind="stable")
 
 
 def front_ranks(df: pd.DataFrame, objectives: ObjectivesLike) -> pd.Series:

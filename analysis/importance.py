@@ -29,6 +29,8 @@ MIN_TRIALS = 2
 def load_study(exp: Path, config: ExperimentConfig) -> optuna.Study:
     """The experiment's study, opened read-only in spirit (nothing here writes to it)."""
     url = study_storage_url(exp, config.storage)
+    if not config.storage and not (exp / "study.db").is_file():  # sqlite would create it
+        raise UserError(f"{exp} has no study.db: parameter importances need the Optuna study")
     try:
         return optuna.load_study(study_name=config.name, storage=url)
     except KeyError:

@@ -158,3 +158,20 @@ def _build(root: Path) -> Path:
 def small_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the session's small experiment (treat as read-only; copy it to modify)."""
     return build_fixture_experiment(tmp_path_factory.mktemp("experiments"))
+
+
+@pytest.fixture(scope="session")
+def searched_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An experiment written by the real `python -m nas.search --smoke` (Ray Tune, Optuna), for
+    the slow end-to-end checks that analysis and export read what the search writes. Its trial
+    states depend on scheduling, so exact-value tests use `small_experiment` instead."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("searched")
+    command = [sys.executable, "-m", "nas.search", "--smoke", "--out", str(out), "--name", "fx",
+               "--seed-points", FIXTURE_SEED_POINT, "--trials", "3", "--epochs", "1",
+               "--pruner", "none", "--concurrency", "1", "--time-budget", "10m"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out / "fx"

@@ -267,9 +267,11 @@ def test_cli_compares_several_experiments_with_plots(small_experiment: Path, tmp
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     other = copy_experiment(small_experiment, tmp_path / "rerun")
     png, html = tmp_path / "front.png", tmp_path / "front.html"
-    code, out, err = run_cli([small_experiment, other, "--plot", png, "--html", html], capsys)
+    code, out, err = run_cli([other, small_experiment, "--plot", png, "--html", html], capsys)
     assert code == 0, err
-    assert out.splitlines()[0].split()[0] == "experiment"
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "experiment"
+    assert lines[1].split()[0] == "rerun"  # experiments keep the order given
     assert f"  {small_experiment.name}: " in out and "  rerun: " in out
     assert png.stat().st_size > 0 and html.stat().st_size > 0
 
@@ -296,6 +298,15 @@ def test_cli_bad_input(small_experiment: Path, tmp_path: Path, args: list[str], 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_importance_needs_the_study(small_experiment: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    other = copy_experiment(small_experiment, tmp_path / "no-study")
+    (other / "study.db").unlink()
+    code, _, err = run_cli([other, "--importance"], capsys)
+    assert code == 2 and "has no study.db" in err and err.count("\n") == 1
+    assert not (other / "study.db").exists()
+
+
 def test_cli_refuses_experiments_with_different_objectives(
         small_experiment: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     other = copy_experiment(small_experiment, tmp_path / "params-run",
@@ -313,3 +324,17 @@ def test_cli_subprocess_not_an_experiment_one_line(tmp_path: Path) -> None:
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert "not an experiment" in done.stderr and "Traceback" not in done.stderr
 
+
+
+@pytest.mark.slow
+def test_reads_what_the_real_search_writes(searched_experiment: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    table = load(searched_experiment)
+    assert len(table) == 3 and "COMPLETE" in set(table["state"])
+    assert table.set_index("trial_id").loc["t0000", "seed_point"] == "resnest14d"
+    png = tmp_path / "front.png"
+    code, out, err = run_cli([searched_experiment, "--all", "--plot", png, "--importance"],
+                             capsys)
+    assert code == 0, err
+    assert all(t in out for t in table["trial_id"]) and "hypervolume" in out
+    assert "parameter importance for accuracy" in out and png.stat().st_size > 0

@@ -352,3 +352,15 @@ def test_cli_entry_point_prints_one_line(small_experiment: Path, tmp_path: Path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "unknown trial id 'nope'" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_exports_from_the_real_search(searched_experiment: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_export([searched_experiment, "--pick", "knee", "--out", tmp_path,
+                               "--onnx", "--name", "knee"], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "knee.json").read_text())
+    assert meta["verification"]["max_abs_diff"] <= 1e-5
+    assert meta["verification"]["onnx_max_abs_diff"] <= 1e-4
+    assert meta["preprocessing"]["image_size"] == 8 and meta["dataset"]["data"] == "digits"
