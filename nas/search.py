@@ -200,7 +200,7 @@ def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any)
     rng = np.random.default_rng(config.seed)
     candidates = corner_specs(space, config) + [
         space.sample(rng).replace(num_classes=config.num_classes, in_channels=config.in_channels)
-        for _ in range(64)
+        for _ in range(16)
     ]
     table = [costs(s) for s in candidates]
     for flag, limit in config.constraints.items():
@@ -283,7 +283,9 @@ def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective,
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = make_sampler(config.sampler, seed=config.seed, n_trials=config.trials,
+    # A resumed search must not replay the seeded sampler's first proposals: offset the seed.
+    existing = len(read_trials_csv(exp)) if resume else 0
+    sampler = make_sampler(config.sampler, seed=config.seed + existing, n_trials=config.trials,
                            constrained=bool(config.constraints))
     pruner = make_pruner(config.pruner, objectives, epochs=config.epochs)
     url = study_storage_url(exp, config.storage)

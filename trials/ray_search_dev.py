@@ -138,6 +138,9 @@ def run_search(
     verbose: bool = False,
 ) -> None:
     """Run the controller's search on Ray Tune until its budget is spent (or Ctrl-C)."""
+    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's own graceful stop, so the
+    # trials it cuts short stay RUNNING in the study and `--resume` re-queues them.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     if not verbose:  # Our progress lines replace Ray's tables and sync warnings.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
