@@ -69,8 +69,10 @@ def run_trial(config: dict[str, Any], *, report: Callable[..., None],
                 report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
     except TrainingFailed as err:
         report(trial.failure_metrics(err))
-    except torch.OutOfMemoryError as err:
-        reason = f"out of memory: {str(err).splitlines()[0]}"
+    except (UserError, torch.OutOfMemoryError) as err:  # e.g. an unreadable image met mid-epoch
+        reason = " ".join(str(err).split())
+        if isinstance(err, torch.OutOfMemoryError):
+            reason = f"out of memory: {reason}"
         report({**trial.costs, "state": "FAIL", "reason": reason, "failed": reason})
 
 

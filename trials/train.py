@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs (default 10)")
     p.add_argument("--out", type=Path, help="output directory (default runs/train-<time>)")
     p.add_argument("--image-size", type=int, help="input side in px (default: digits 16, CIFAR 32, folder 64)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 128)")
+    p.add_argument("--batch-size", type=int, help="training batch (default 64)")
     p.add_argument("--lr", type=float, help="peak learning rate (default sgd 0.1, adamw 0.002)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd with Nesterov (default) or adamw")
     p.add_argument("--weight-decay", type=float, help="default sgd 5e-4, adamw 0.05 (not on norms/biases)")

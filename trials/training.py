@@ -43,7 +43,7 @@ class TrainConfig:
     `channels_last` None mean "on CUDA only" (bf16 autocast; channels_last memory format)."""
 
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 64
     optimizer: str = "sgd"
     lr: float | None = None
     momentum: float = 0.9

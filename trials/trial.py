@@ -96,6 +96,9 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if both := sorted(set(grouped) & set(config)):
         raise UserError(f"trial config sets {', '.join(both)} both at the top level and in 'train'")
     config.update(grouped)
+    for key in ("data", "trial_dir", "resume_from"):  # checkpoints hold plain types only
+        if isinstance(config.get(key), Path):
+            config[key] = str(config[key])
     unknown = sorted(k for k in config if k not in TRIAL_DEFAULTS and not str(k).startswith("_"))
     if unknown:
         raise UserError(f"unknown trial config key(s) {', '.join(unknown)}; valid: {', '.join(TRIAL_DEFAULTS)}")
@@ -116,6 +119,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return device
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @functools.lru_cache(maxsize=2)
@@ -150,12 +159,13 @@ class Trial:
         self.device = resolve_device(str(device or cfg["device"]))
         if threads:
             torch.set_num_threads(int(threads))
-        workers = cfg["workers"] if cfg["workers"] is not None else (threads or len(os.sched_getaffinity(0)))
+        workers = cfg["workers"] if cfg["workers"] is not None else (threads or _cpu_count())
         template, explicit = resolve_arch(cfg["spec"])
         self.data = _cached_data(cfg["data"], cfg["image_size"], include_test, float(cfg["val_fraction"]),
                                  cfg["in_memory"], int(workers)).subset(float(cfg["train_fraction"]))
+        named = isinstance(cfg["spec"], (str, Path)) and not str(cfg["spec"]).lstrip().startswith("{")
         self.spec = fit_spec(template, self.data, adapt=bool(cfg["adapt"]) or not explicit,
-                             source=f"spec {cfg['spec']}" if isinstance(cfg["spec"], str) else "the spec")
+                             source=f"spec {cfg['spec']}" if named else "the spec")
         self.costs = static_costs(self.spec, self.data.image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.train_config.seed)
