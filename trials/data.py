@@ -200,9 +200,14 @@ def load_data(spec: str, image_size: int | None = None, *, include_test: bool = 
     if kind == "folder":
         from trials.folder import load_folder
 
-        return load_folder(spec, path, size, include_test=include_test, val_fraction=val_fraction,
-                           in_memory=in_memory, workers=workers)
-    return _load_cifar(spec, kind, path, size, include_test, val_fraction)
+        bundle = load_folder(spec, path, size, include_test=include_test, val_fraction=val_fraction,
+                             in_memory=in_memory, workers=workers)
+    else:
+        bundle = _load_cifar(spec, kind, path, size, include_test, val_fraction)
+    if len(bundle.train) < 2 or len(bundle.val) < 1:
+        raise DataError(f"{path}: need >= 2 training and >= 1 validation images, got "
+                        f"{len(bundle.train)} and {len(bundle.val)}")
+    return bundle
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -224,9 +229,12 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 NCHW -> uint8 NCHW at size x size (antialiased bilinear); a no-op at the same size."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
-                        antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    chunks = []
+    for part in images.split(4096):  # bounded float temporaries for 50k-image datasets
+        out = F.interpolate(part.float(), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True)
+        chunks.append(out.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
 
 
 def _split(images: torch.Tensor, labels: np.ndarray, idx: np.ndarray) -> Split:
