@@ -188,3 +188,18 @@ def test_two_node_cluster_survives_losing_a_node(tmp_path: Path) -> None:
     errors = [p.read_text() for p in (exp / "ray").glob("*/error.txt")]
     assert any("node" in text and "died" in text for text in errors), errors
     assert all(r.state == "COMPLETE" and r.epochs == 3 for r in records)
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_and_the_search_continues(tmp_path: Path) -> None:
+    # A learning rate this large drives every loss to inf/NaN: each trial ends FAIL with its reason.
+    proc = search(tmp_path, "nan", "--trials", "3", "--epochs", "2", "--lr", "1e12",
+                  "--pruner", "none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_trials_csv(tmp_path / "nan")
+    assert len(records) == 3
+    study = load_study(tmp_path / "nan")
+    for r in records:
+        assert r.state == "FAIL" and "non-finite" in r.reason, r
+        assert study.trials[r.number].state.name == "FAIL"
+    assert "failed 3" in proc.stdout
