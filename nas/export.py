@@ -34,12 +34,12 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.front import as_objectives, knee, pareto_front, sort_along_front
+from analysis.front import as_objectives, knee, pareto_front
 from analysis.load import load, open_experiment
 from analysis.pareto import OneLineParser
 from nas.experiment import ExperimentConfig
 from nas.export_verify import VerificationError
-from nas.objectives import Objective
+from nas.objectives import OBJECTIVES, Objective
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
 
@@ -120,8 +120,7 @@ def pick(df: pd.DataFrame, how: str, objectives: Sequence[Objective],
         raise UserError(f"no completed trial to pick from in {exp} ({listed}); "
                         "use --trial ID --allow-partial for a partial one")
     candidates = apply_constraints(done, constraints)
-    costs = [o for o in objectives if not o.maximize] or list(as_objectives("accuracy,macs")[1:])
-    cost = costs[0].column
+    cost = next((o.column for o in objectives if not o.maximize), OBJECTIVES["macs"].column)
     if how == "accuracy":
         return candidates.sort_values(["accuracy", cost, "number"],
                                       ascending=[False, True, True]).iloc[0]
@@ -129,7 +128,7 @@ def pick(df: pd.DataFrame, how: str, objectives: Sequence[Objective],
         return candidates.sort_values([cost, "accuracy", "number"],
                                       ascending=[True, False, True]).iloc[0]
     front = pareto_front(candidates, objectives)
-    return front.loc[knee(sort_along_front(front, objectives), objectives)]
+    return front.loc[knee(front, objectives)]
 
 
 def find_trial(df: pd.DataFrame, trial_id: str, exp: Path) -> pd.Series:
@@ -196,10 +195,14 @@ def preprocessing(state: dict[str, Any], config: ExperimentConfig) -> dict[str, 
     return data
 
 
+def number(value: Any) -> float | None:
+    """A JSON-ready float, None for a missing (NaN) value."""
+    return None if pd.isna(value) else float(value)
+
+
 def metadata(row: pd.Series, exp: Path, config: ExperimentConfig, state: dict[str, Any],
              data: dict[str, Any], name: str, onnx: bool, how: dict[str, Any]) -> dict[str, Any]:
     spec = json.loads(row["spec"])
-    number = lambda v: None if pd.isna(v) else float(v)  # noqa: E731
     return {
         "format": FORMAT, "name": name, "module": f"{name}.py", "weights": f"{name}.safetensors",
         "onnx": f"{name}.onnx" if onnx else None,
