@@ -1,8 +1,10 @@
 """Checks that an exported module (and ONNX file) computes what the searched model computes.
 
-The module is imported in a fresh interpreter (`python -I`: no PYTHONPATH, no user site, no
-current directory on sys.path) whose import system refuses this project's packages, so an export
-that secretly depends on `nas` or `search_spaces` fails here instead of on the user's machine.
+The module is imported in a fresh interpreter (`python -E`: PYTHONPATH and other PYTHON* variables
+ignored; started in an empty directory) whose sys.path holds no directory of this project and whose
+import system refuses this project's packages (an editable install would otherwise still find
+them), so an export that secretly depends on `nas` or `search_spaces` fails here instead of on the
+user's machine. Not `-I`: that also drops the user site, where torch may live.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ TIMEOUT_S = 300
 
 # Runs in the fresh interpreter: argv = module directory, module name, io directory.
 FRESH_PROCESS = """
-import importlib.abc, json, sys
+import importlib.abc, json, os, sys
 BLOCKED = set(sys.argv[4].split(","))
 
 class RefuseProject(importlib.abc.MetaPathFinder):
@@ -38,6 +40,8 @@ class RefuseProject(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, RefuseProject())
+sys.path = [p for p in sys.path  # drop the project's root (marker: search_spaces/spec.py)
+            if not os.path.isfile(os.path.join(p or ".", "search_spaces", "spec.py"))]
 directory, name, io = sys.argv[1:4]
 sys.path.insert(0, directory)
 import torch
@@ -77,7 +81,7 @@ def verify_module(module_file: Path, x: torch.Tensor, reference: torch.Tensor, p
     io.mkdir()
     torch.save(x, io / "input.pt")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    command = [sys.executable, "-I", "-B", "-c", FRESH_PROCESS, str(module_file.parent),
+    command = [sys.executable, "-E", "-B", "-c", FRESH_PROCESS, str(module_file.parent),
                module_file.stem, str(io), ",".join(PROJECT_PACKAGES)]
     try:
         done = subprocess.run(command, cwd=io, env=env, capture_output=True, text=True,
@@ -102,7 +106,7 @@ def verify_module(module_file: Path, x: torch.Tensor, reference: torch.Tensor, p
                                 f"(tolerance {OUTPUT_TOLERANCE:g})")
     return {"params": params, "max_abs_diff": diff, "tolerance": OUTPUT_TOLERANCE,
             "input": f"randn{tuple(x.shape)} seed {VERIFY_SEED}",
-            "fresh_process": "python -I, project packages refused"}
+            "fresh_process": "python -E in an empty directory, project packages refused"}
 
 
 def _import_file(path: Path) -> Any:
