@@ -43,7 +43,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m analysis.pareto", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m analysis.pareto",
+                      description="The Pareto front of finished searches: table, hypervolume "
+                      "(reference stated) and its history, plots, parameter importances.")
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment directory OUT/NAME")
     p.add_argument("--objectives", default=None,
                    help=f"comma list of {', '.join(OBJECTIVES)} (default: the experiment's own)")

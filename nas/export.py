@@ -52,7 +52,9 @@ CONSTRAINTS = {"max_macs": ("macs", "max"), "max_params": ("params", "max"),
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m nas.export",
-                      description="Export a searched architecture as a standalone PyTorch module.")
+                      description="Export a searched architecture as a standalone PyTorch module.",
+                      epilog=__doc__[__doc__.index("Picks ("):].rstrip(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", metavar="EXP", type=Path, help="experiment directory OUT/NAME")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", help="trial id, e.g. t0003")
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-macs", type=float, help="--pick only trials with at most these MACs")
     p.add_argument("--max-params", type=float, help="--pick only trials with at most these params")
     p.add_argument("--max-latency-ms", type=float, help="--pick only trials at most this latency")
-    p.add_argument("--min-accuracy", type=float, help="--pick only trials at least this accurate")
+    p.add_argument("--min-accuracy", type=float, help="--pick only trials at least this accurate (0-1)")
     p.add_argument("--out", type=Path, required=True, help="output directory (created if needed)")
     p.add_argument("--name", help="file and module name (default resnest_<tag>_<trial id>)")
     p.add_argument("--onnx", action="store_true", help="also write and verify <name>.onnx")
