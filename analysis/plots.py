@@ -91,9 +91,19 @@ def save_png(df: pd.DataFrame, objectives: ObjectivesLike, path: str | Path,
     return Path(path)
 
 
+def spec_lines(spec_json: str) -> list[str]:
+    """Every spec field, compactly: two lines of global choices, then one line per stage."""
+    spec = json.loads(spec_json)
+    stages = spec.pop("stages")
+    fields = [f"{k}={v}" for k, v in sorted(spec.items())]
+    half = (len(fields) + 1) // 2
+    return [" ".join(fields[:half]), " ".join(fields[half:])] + [
+        f"s{i + 1}: depth {s['depth']}, radix {s['radix']}, cardinality {s['cardinality']}, "
+        f"width {s['width']}" for i, s in enumerate(stages)]
+
+
 def _hover(row: pd.Series) -> str:
-    """Tag, id, state, spec (pretty JSON) and per-epoch curve, as plotly hover HTML."""
-    spec = json.dumps(json.loads(row["spec"]), indent=1, sort_keys=True)
+    """Tag, id, state, learning curve and spec, as plotly hover HTML."""
     curve = "<br>".join(
         f"epoch {e.get('epoch')}: val_top1 {e.get('val_top1', float('nan')):.4f}, "
         f"train_loss {e.get('train_loss', float('nan')):.4f}" for e in row["curve"]
@@ -101,7 +111,7 @@ def _hover(row: pd.Series) -> str:
     seed = f" (seed point {row['seed_point']})" if row["seed_point"] else ""
     return (f"<b>{row['trial_id']}</b> {row['tag']}{seed} [{row['state']}]<br>"
             f"<b>curve</b><br>{curve or 'none'}<br><b>spec</b><br>"
-            + spec.replace("\n", "<br>").replace(" ", "&nbsp;"))
+            + "<br>".join(spec_lines(row["spec"])))
 
 
 def front_html(df: pd.DataFrame, objectives: ObjectivesLike) -> go.Figure:

@@ -205,7 +205,8 @@ def test_html_hover_shows_spec_and_curve(df: pd.DataFrame, tmp_path: Path) -> No
     trials = fig.data[0]
     assert fig.layout.xaxis.type == "log"
     hover = " ".join(trials.hovertext)
-    assert "stages" in hover and "radix" in hover and "epoch 2: val_top1" in hover
+    assert "s1: depth 1, radix 2" in hover and "stem=deep" in hover
+    assert "epoch 2: val_top1" in hover
     assert "resnest14d" in list(trials.text)
     assert fig.data[1].line.shape == "hv"
     html = save_html(df, "accuracy,macs", tmp_path / "front.html").read_text()
