@@ -1,0 +1,28 @@
+"""Model builder and cost model for ResNeSt-family architecture specs.
+
+Exports resolve lazily (PEP 562), so `import nas` or `import nas.search` does not pay for
+importing torch until a builder or cost function is used; nothing in nas/ imports timm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nas.costs import CostRecord, measure_costs, static_costs
+    from nas.resnest import build_model
+
+_EXPORTS = {
+    "build_model": "nas.resnest",
+    "CostRecord": "nas.costs",
+    "measure_costs": "nas.costs",
+    "static_costs": "nas.costs",
+}
+__all__ = ["CostRecord", "build_model", "measure_costs", "static_costs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nas' has no attribute {name!r}")

@@ -1,0 +1,337 @@
+"""Cost model of an architecture: parameters, MACs, peak memory, latency and throughput.
+
+`static_costs` is what the search calls for every candidate. It runs nothing real: each part of
+the network (stem, each distinct bottleneck, head) is built on the "meta" device (shapes only)
+and traced once under a dispatch mode; parts are cached by their constructor arguments and input
+shape and composed per spec, and whole results are cached by (spec, image_size, batch_size).
+`measure_costs` adds wall-clock latency and throughput on a real device, and on CUDA replaces
+the memory estimate with the allocator's measurement of the same quantity.
+
+Definitions (state them with every number):
+- macs: multiply-accumulates of one forward pass of ONE image at `image_size` (FlopCounterMode's
+  FLOP formulas / 2: convolutions and matmuls only, not BN, pooling or elementwise ops; the
+  paper's "GFLOPs" are these MACs).
+- peak_memory_bytes: peak bytes of tensors allocated during one train-mode forward at
+  `batch_size`, excluding weights, buffers and the input. At the end of the forward this is the
+  activation memory autograd keeps for backward (plus the logits); the peak adds the largest
+  transient temporaries. Backward (gradients), optimizer state and allocator overhead come on top.
+  meta/CPU: exact tensor bytes tracked per storage. CUDA: max_memory_allocated minus the bytes
+  allocated before the forward.
+- latency_ms: median wall time of an eval forward at batch 1 after warm-up.
+- throughput_images_per_s: eval forward images/s at `batch_size` (median over runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+
+from nas.resnest import BlockArgs, Bottleneck, block_plan, build_model, make_stem
+from search_spaces.errors import UserError
+from search_spaces.registry import SpecLike, resolve_spec
+from search_spaces.spec import ArchSpec
+
+DEFAULT_BATCH = 8
+
+
+@dataclass(frozen=True)
+class CostRecord:
+    """Costs of one architecture at one input size (see the module docstring for definitions)."""
+
+    params: int
+    macs: int
+    image_size: int
+    peak_memory_bytes: int
+    latency_ms: float | None
+    throughput_images_per_s: float | None
+    device: str
+    batch_size: int
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_image_size(spec: ArchSpec) -> int:
+    """The usual input side for the spec's regime: 224 for ImageNet stems, 32 for small images."""
+    return 224 if spec.input_regime == "imagenet" else 32
+
+
+class _Tracker(TorchDispatchMode):
+    """Counts matmul/conv FLOPs (FlopCounterMode's own formulas) and live bytes of the storages
+    created under the mode, each freed when its storage dies.
+
+    Storages that exist on entry (weights, buffers, input) are ignored even when written in
+    place (BN running stats), so the numbers cover only what the forward itself allocates. No
+    decomposition of unknown ops (FlopCounterMode does that, which is slow on meta tensors).
+    """
+
+    def __init__(self, existing: list[torch.Tensor]) -> None:
+        super().__init__()
+        self._keep = [t.untyped_storage() for t in existing]  # keeps their ids unique
+        self._ignored = {id(st) for st in self._keep}
+        self._live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+        self.flops = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func is _BATCH_NORM and args[0].device.type == "meta":
+            out = _meta_batch_norm(*args)
+        else:
+            out = func(*args, **kwargs)
+        if func.overloadpacket in flop_registry:
+            self.flops += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = id(storage)
+            if key in self._ignored or key in self._live:
+                continue
+            self._live[key] = storage.nbytes()
+            self.current += storage.nbytes()
+            weakref.finalize(storage, self._free, key)
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+_BATCH_NORM = torch.ops.aten.native_batch_norm.default
+
+
+def _meta_batch_norm(x: torch.Tensor, weight: Any, bias: Any, running_mean: Any,
+                     running_var: Any, training: bool, *_: Any) -> tuple[torch.Tensor, ...]:
+    """The outputs CPU's native_batch_norm allocates (normalised x; per-channel mean and inverse
+    std saved for backward in training), without the meta kernel's slow Python decomposition
+    (~90% of the time of a meta forward). Running statistics are not updated: meta has no values."""
+    stats = x.shape[1] if training else 0
+    return (torch.empty_like(x), x.new_empty((stats,)), x.new_empty((stats,)))
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Costs of one part of the network (stem, block, head) for one input shape."""
+
+    params: int
+    flops: int  # for the whole batch, forward only
+    retained: int  # bytes still alive after the forward: saved for backward, plus the output
+    peak: int  # the part's own peak during its forward
+    out_shape: tuple[int, ...]
+
+
+def _measure_piece(module: nn.Module, shape: tuple[int, ...]) -> _Piece:
+    """Train-mode forward of `module` (on meta) on an input of `shape`, tracked."""
+    module.train()
+    x = torch.empty(shape, device="meta")
+    with _Tracker([*module.parameters(), *module.buffers(), x]) as tracker:
+        out = module(x)
+        retained = tracker.current
+    return _Piece(sum(p.numel() for p in module.parameters()), tracker.flops, retained,
+                  tracker.peak, tuple(out.shape))
+
+
+# Build under the meta device context, run outside it (the context intercepts every torch call).
+@functools.lru_cache(maxsize=65536)
+def _block_piece(args: BlockArgs, shape: tuple[int, ...]) -> _Piece:
+    with torch.device("meta"):
+        block = Bottleneck(*args)
+    return _measure_piece(block, shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stem_piece(stem: str, width: int, regime: str, shape: tuple[int, ...]) -> _Piece:
+    with torch.device("meta"):
+        conv1, bn1, pool = make_stem(stem, width, shape[1], regime)
+        module = nn.Sequential(conv1, bn1, nn.ReLU(inplace=True), pool)
+    return _measure_piece(module, shape)
+
+
+class _Head(nn.Module):
+    """Mirrors `ResNeSt.forward_head` (the tests check the composition against a whole model)."""
+
+    def __init__(self, features: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _head_piece(num_classes: int, dropout: float, shape: tuple[int, ...]) -> _Piece:
+    with torch.device("meta"):
+        head = _Head(shape[1], num_classes, dropout)
+    return _measure_piece(head, shape)
+
+
+def _check_sizes(spec: ArchSpec, image_size: int, batch_size: int) -> None:
+    if image_size < spec.min_image_size:
+        raise UserError(
+            f"image size {image_size} is below this spec's minimum {spec.min_image_size} "
+            f"(total stride {spec.total_stride})"
+        )
+    if batch_size < 2:
+        raise UserError(f"batch size must be >= 2 (train-mode BatchNorm), got {batch_size}")
+
+
+@functools.lru_cache(maxsize=16384)
+def _static(spec: ArchSpec, image_size: int, batch_size: int) -> CostRecord:
+    """Compose per-part costs. Bytes a part retains stay alive through all later parts (autograd
+    holds them for backward), so the forward peak is max over parts of (retained before + the
+    part's own peak)."""
+    shape: tuple[int, ...] = (batch_size, spec.in_channels, image_size, image_size)
+    pieces = []
+    piece = _stem_piece(spec.stem, spec.stem_width, spec.input_regime, shape)
+    pieces.append(piece)
+    for blocks in block_plan(spec):
+        for args in blocks:
+            piece = _block_piece(args, piece.out_shape)
+            pieces.append(piece)
+    pieces.append(_head_piece(spec.num_classes, spec.dropout, piece.out_shape))
+    retained = peak = 0
+    for p in pieces:
+        peak = max(peak, retained + p.peak)
+        retained += p.retained
+    return CostRecord(
+        params=sum(p.params for p in pieces),
+        macs=sum(p.flops for p in pieces) // (2 * batch_size), image_size=image_size,
+        peak_memory_bytes=peak, latency_ms=None, throughput_images_per_s=None,
+        device="meta", batch_size=batch_size,
+    )
+
+
+def static_costs(spec: SpecLike, image_size: int | None = None,
+                 batch_size: int = DEFAULT_BATCH) -> CostRecord:
+    """Params, MACs and train-forward peak memory without any arithmetic (cached)."""
+    resolved = resolve_spec(spec)
+    size = default_image_size(resolved) if image_size is None else int(image_size)
+    _check_sizes(resolved, size, batch_size)
+    # ArchSpec is a frozen dataclass compared by value: equal specs share one cache entry
+    # whatever object (or name, or JSON) they arrive as.
+    return _static(resolved, size, batch_size)
+
+
+def whole_model_costs(spec: SpecLike, image_size: int, batch_size: int = DEFAULT_BATCH
+                      ) -> tuple[int, int, int]:
+    """(params, macs, peak bytes) from one tracked forward of the whole model on meta: slower,
+    uncached; the reference that `static_costs`' per-part composition is tested against."""
+    resolved = resolve_spec(spec)
+    with torch.device("meta"):
+        model = build_model(resolved)
+    piece = _measure_piece(model, (batch_size, resolved.in_channels, image_size, image_size))
+    return piece.params, piece.flops // (2 * batch_size), piece.peak
+
+
+def _median_time(fn, device: torch.device, warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _cuda_peak(model: nn.Module, x: torch.Tensor) -> int:
+    """Same quantity as the meta estimate, from the CUDA caching allocator's statistics."""
+    device = x.device
+    model.train()
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = model(x)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del out
+    return peak
+
+
+def measure_costs(spec: SpecLike, image_size: int | None = None, device: str = "cpu",
+                  batch_size: int = DEFAULT_BATCH, latency: bool = True, warmup: int = 3,
+                  runs: int = 10) -> CostRecord:
+    """Static costs plus measured latency (batch 1) and throughput (`batch_size`) on `device`."""
+    resolved = resolve_spec(spec)
+    static = static_costs(resolved, image_size, batch_size)
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda requested but CUDA is not available")
+    dev = torch.device(device)
+    peak, lat, thr = static.peak_memory_bytes, None, None
+    model = build_model(resolved).to(dev)
+    size = static.image_size
+    if dev.type == "cuda":
+        x = torch.randn(batch_size, resolved.in_channels, size, size, device=dev)
+        peak = _cuda_peak(model, x)
+    if latency:
+        model.eval()
+        one = torch.randn(1, resolved.in_channels, size, size, device=dev)
+        batch = torch.randn(batch_size, resolved.in_channels, size, size, device=dev)
+        with torch.inference_mode():
+            lat = 1e3 * _median_time(lambda: model(one), dev, warmup, runs)
+            thr = batch_size / _median_time(lambda: model(batch), dev, warmup, runs)
+    return CostRecord(
+        params=static.params, macs=static.macs, image_size=size, peak_memory_bytes=peak,
+        latency_ms=lat, throughput_images_per_s=thr, device=device, batch_size=batch_size,
+        threads=torch.get_num_threads() if device == "cpu" else None,
+    )
+
+
+def _format(record: CostRecord) -> str:
+    lines = [
+        f"params              {record.params / 1e6:.2f} M ({record.params})",
+        f"MACs @{record.image_size}px         {record.macs / 1e9:.3f} G per image",
+        f"peak train-forward  {record.peak_memory_bytes / 2**20:.1f} MiB "
+        f"(batch {record.batch_size}, {record.device})",
+    ]
+    if record.latency_ms is not None:
+        lines.append(f"latency (batch 1)   {record.latency_ms:.2f} ms on {record.device}")
+        lines.append(f"throughput          {record.throughput_images_per_s:.1f} images/s "
+                     f"(batch {record.batch_size})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nas.costs", description="Costs of an architecture.")
+    p.add_argument("arch", help="named point, spec JSON file, or JSON text")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: 224, small: 32)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--no-latency", action="store_true", help="static costs only (no timing)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    try:
+        record = measure_costs(args.arch, args.image_size, args.device, args.batch_size,
+                               latency=not args.no_latency)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(record.to_dict(), sort_keys=True) if args.json else _format(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
