@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis.front import (
     as_objectives,
+    completed,
     format_point,
     hypervolume,
     hypervolume_history,
@@ -113,9 +114,9 @@ def as_json(rows: pd.DataFrame, objs: Sequence[Objective], show_all: bool) -> st
     return json.dumps(out, indent=2)
 
 
-def as_text(rows: pd.DataFrame, columns: list[str]) -> str:
+def as_text(rows: pd.DataFrame, columns: list[str], show_all: bool) -> str:
     if rows.empty:
-        return "(no completed trials)"
+        return "(no trials)" if show_all else "(no completed trials)"
     formatters = {
         "accuracy": lambda v: "-" if pd.isna(v) else f"{v:.2%}",
         "macs": lambda v: "-" if pd.isna(v) else f"{v / 1e6:.3f}M",
@@ -128,6 +129,8 @@ def as_text(rows: pd.DataFrame, columns: list[str]) -> str:
 
 def summary(df: pd.DataFrame, objs: Sequence[Objective]) -> str:
     """Hypervolume per experiment (one shared, stated reference) and its history."""
+    if completed(df, objs).empty:
+        return "hypervolume: 0 (no completed trials)"
     ref = reference_point(df, objs)
     lines = [f"hypervolume: fraction of the box from reference ({format_point(ref)}) "
              f"to ideal ({format_point(ideal_point(objs))})"]
@@ -171,7 +174,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.csv:
         rows[columns + ["state", "reason", "spec"]].to_csv(sys.stdout, index=False)
     else:
-        print(as_text(rows, columns))
+        print(as_text(rows, columns, args.all))
         print()
         print(summary(df, objs))
     if args.importance:

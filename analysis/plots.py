@@ -77,7 +77,8 @@ def front_figure(df: pd.DataFrame, objectives: ObjectivesLike,
     ax.set_ylabel(LABELS.get(y.name, y.name))
     ax.set_title(f"{y.name} vs {x.name}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     hv_ax.set_xlabel("trial number")
     hv_ax.set_ylabel("hypervolume (fraction of box)")
     hv_ax.set_title("hypervolume over trials\nreference " + format_point(ref), fontsize=10)

@@ -119,8 +119,9 @@ def pick(df: pd.DataFrame, how: str, objectives: Sequence[Objective],
     if done.empty:
         states = df["state"].value_counts()
         listed = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trials"
-        raise UserError(f"no completed trial to pick from in {exp} ({listed}); "
-                        "use --trial ID --allow-partial for a partial one")
+        hint = ("; --trial ID --allow-partial exports a partial one"
+                if df["checkpoint"].astype(bool).any() else "")
+        raise UserError(f"no completed trial to pick from in {exp} ({listed}){hint}")
     candidates = apply_constraints(done, constraints)
     cost = next((o.column for o in objectives if not o.maximize), OBJECTIVES["macs"].column)
     if how == "accuracy":

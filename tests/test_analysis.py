@@ -299,6 +299,17 @@ def test_cli_bad_input(small_experiment: Path, tmp_path: Path, args: list[str], 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_on_an_experiment_without_trials(small_experiment: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(small_experiment / "experiment.json", empty)
+    code, out, _ = run_cli([empty, "--all"], capsys)
+    assert code == 0 and "(no trials)" in out and "hypervolume: 0 (no completed trials)" in out
+    code, out, _ = run_cli([empty, "--json"], capsys)
+    assert code == 0 and json.loads(out) == []
+
+
 def test_cli_importance_needs_the_study(small_experiment: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     other = copy_experiment(small_experiment, tmp_path / "no-study")
