@@ -101,10 +101,13 @@ def test_constraint_violators_are_never_trained(mo_search: tuple[Path, str]) -> 
 
 @pytest.mark.slow
 def test_single_objective_search_with_optuna_pruner(tmp_path: Path) -> None:
+    # The study lives in a separate database given by --storage (as a shared PostgreSQL would).
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
     proc = search(tmp_path, "so", "--objectives", "accuracy", "--pruner", "median",
-                  "--trials", "6", "--epochs", "2")
+                  "--trials", "6", "--epochs", "2", "--storage", url)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    study = load_study(tmp_path / "so")
+    assert not (tmp_path / "so" / "study.db").exists()
+    study = optuna.load_study(study_name="so", storage=url)
     assert len(study.directions) == 1
     records = read_trials_csv(tmp_path / "so")
     assert len(records) == 6
