@@ -29,7 +29,7 @@ from nas.objectives import OBJECTIVES, Objective, parse_objectives
 from nas.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from search_spaces.errors import UserError
 from search_spaces.registry import get_space, list_presets, list_spaces, named_point
-from search_spaces.resnest_space import ResNeStSpace
+from search_spaces.resnest_space import AnswerTrial, ResNeStSpace
 from search_spaces.spec import ArchSpec
 
 SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
@@ -168,7 +168,7 @@ def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec
     cardinality = min(p.cardinality if radix == 0 else p.attention_cardinalities)
     for stem, avg_down, avd in itertools.product(p.stem, p.avg_down, p.avd):
         for avd_first in p.avd_first_choices_given_avd(avd):
-            specs.append(space.suggest(_Fixed({
+            specs.append(space.suggest(AnswerTrial({
                 "stem": stem, "stem_width": min(p.stem_width), "base_planes": min(p.base_planes),
                 "avg_down": avg_down, "avd": avd, "avd_first": avd_first,
                 "attn_reduction": max(p.attn_reduction), "attn_min_width": min(p.attn_min_width),
@@ -180,15 +180,6 @@ def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec
     return specs
 
 
-class _Fixed:
-    def __init__(self, answers: dict[str, Any]) -> None:
-        self.answers = answers
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.answers[name]
-
-    def suggest_int(self, name: str, low: int, high: int) -> int:
-        return self.answers[name]
 
 
 def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any) -> None:

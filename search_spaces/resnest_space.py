@@ -193,7 +193,7 @@ class ResNeStSpace:
                 f"s{s}_cardinality": stage.cardinality,
                 f"s{s}_cardinality_plain": stage.cardinality, f"s{s}_width": stage.width,
             })
-        recorder = _AnswerTrial(answers)
+        recorder = AnswerTrial(answers)
         again = self.suggest(recorder)
         task = {"num_classes": spec.num_classes, "in_channels": spec.in_channels}
         if again.replace(**task) != spec:
@@ -232,8 +232,9 @@ class ResNeStSpace:
         return out
 
 
-class _AnswerTrial:
-    """Answers the space's questions from a dict, recording which ones were asked."""
+class AnswerTrial:
+    """Answers the space's questions from a dict (a point chosen by hand), recording which ones
+    were asked: the parameters Optuna would need to reproduce that point."""
 
     def __init__(self, answers: dict[str, Any]) -> None:
         self.answers = answers
