@@ -1,0 +1,165 @@
+"""Cost model: published MACs/params, exactness of the per-part composition against whole models
+and real CPU tensors, FlopCounterMode agreement, monotonicity, caching, CUDA-free measurement and
+the CLI's handling of bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas import CostRecord, build_model, measure_costs, static_costs
+from nas.costs import _static, _Tracker, main, whole_model_costs
+from search_spaces import ArchSpec, SpecError, StageSpec, UserError, get_space
+
+# The reference's published MACs (the paper's "GFLOPs") and timm parameter counts.
+PUBLISHED = [
+    ("resnest50d", 224, 5.39e9, 27_483_240),
+    ("resnest101e", 256, 13.4e9, 48_275_016),
+    ("resnest200e", 320, 35.7e9, 70_201_544),
+    ("resnest269e", 416, 77.7e9, 110_929_480),
+    ("resnet50d", 224, 4.34e9, 25_576_264),
+    ("resnest50_fast_1s1x64d", 224, 4.34e9, None),
+    ("resnest50_fast_2s2x40d", 224, 4.38e9, None),
+    ("resnest50d_4s2x40d", 224, 4.41e9, 30_417_592),
+    ("resnest50d_1s4x24d", 224, 4.42e9, 25_677_000),
+]
+
+
+def _small_spec(**kw: object) -> ArchSpec:
+    base = dict(stages=(StageSpec(1, 2, 2, 16), StageSpec(1, 0, 2, 16), StageSpec(2, 4, 1, 16)),
+                base_planes=16, stem_width=8, input_regime="small", in_channels=1, num_classes=10)
+    return ArchSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize("name,size,macs,params", PUBLISHED)
+def test_published_macs_and_params(name: str, size: int, macs: float, params: int | None) -> None:
+    record = static_costs(name, image_size=size)
+    # The paper's counts include a little more than convs + matmuls (<1% here).
+    assert record.macs == pytest.approx(macs, rel=0.01)
+    if params is not None:
+        assert record.params == params
+    assert record.image_size == size and record.device == "meta"
+
+
+def test_composition_equals_whole_model_and_real_tensors() -> None:
+    """Per-part composition == one tracked forward of the whole model (meta) == the same tracker
+    on real CPU tensors, and MACs == FlopCounterMode's total / 2."""
+    space = get_space("resnest")
+    specs = [_small_spec(), _small_spec(stem="plain", avd_first=True, avg_down=False, dropout=0.1)]
+    specs += [space.sample(np.random.default_rng(seed)) for seed in (11, 12)]
+    for spec in specs:
+        record = static_costs(spec, 16, batch_size=4)
+        assert (record.params, record.macs, record.peak_memory_bytes) == whole_model_costs(spec, 16, 4)
+        torch.manual_seed(0)
+        model = build_model(spec).train()
+        x = torch.randn(4, spec.in_channels, 16, 16)
+        with _Tracker([*model.parameters(), *model.buffers(), x]) as tracker:
+            model(x)
+        assert tracker.peak == record.peak_memory_bytes
+        assert record.params == sum(p.numel() for p in model.parameters())
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.eval()(x[:1])
+        assert record.macs == counter.get_total_flops() // 2
+
+
+def test_imagenet_regime_composition() -> None:
+    record = static_costs("resnest14d", 64, batch_size=2)
+    assert (record.params, record.macs, record.peak_memory_bytes) == whole_model_costs("resnest14d", 64, 2)
+
+
+def test_costs_grow_with_depth_batch_and_resolution() -> None:
+    depth = [static_costs(n, 224) for n in ("resnest14d", "resnest26d", "resnest50d", "resnest101e")]
+    assert all(a.macs < b.macs and a.params < b.params for a, b in zip(depth, depth[1:], strict=False))
+    assert all(a.peak_memory_bytes < b.peak_memory_bytes for a, b in zip(depth, depth[1:], strict=False))
+    small, large = static_costs("resnest50d", 128), static_costs("resnest50d", 256)
+    assert large.macs == pytest.approx(4 * small.macs, rel=0.02) and large.params == small.params
+    b2, b8 = static_costs("resnest50d", 128, batch_size=2), static_costs("resnest50d", 128, batch_size=8)
+    assert b2.macs == b8.macs  # per image
+    assert 3.5 * b2.peak_memory_bytes < b8.peak_memory_bytes <= 4 * b2.peak_memory_bytes
+
+
+def test_static_costs_is_cached_by_content() -> None:
+    spec = _small_spec(stem_width=16)
+    first = static_costs(spec, 16)
+    hits = _static.cache_info().hits
+    # An equal spec arriving as a new object, or as JSON text, is the same cache entry.
+    assert static_costs(ArchSpec.from_json(spec.to_json()), 16) is first
+    assert static_costs(spec.to_json(), 16) is first
+    assert _static.cache_info().hits == hits + 2
+    assert static_costs(spec, 32) is not first
+
+
+def test_record_is_frozen_and_serialisable() -> None:
+    record = static_costs(_small_spec(), 16)
+    assert isinstance(record, CostRecord)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.params = 0  # type: ignore[misc]
+    assert json.loads(json.dumps(record.to_dict()))["macs"] == record.macs
+    assert record.latency_ms is None and record.throughput_images_per_s is None
+
+
+def test_measure_costs_on_cpu() -> None:
+    spec = _small_spec()
+    record = measure_costs(spec, image_size=16, batch_size=4, warmup=1, runs=3)
+    static = static_costs(spec, 16, 4)
+    assert (record.params, record.macs, record.peak_memory_bytes) == (
+        static.params, static.macs, static.peak_memory_bytes)
+    assert record.latency_ms > 0 and record.throughput_images_per_s > 0
+    assert record.device == "cpu" and record.threads == torch.get_num_threads()
+    assert measure_costs(spec, 16, batch_size=4, latency=False).latency_ms is None
+
+
+def test_bad_inputs_raise_user_errors() -> None:
+    with pytest.raises(UserError, match="below this spec's minimum 32"):
+        static_costs("resnest50d", 16)
+    with pytest.raises(UserError, match="batch size"):
+        static_costs("resnest50d", 64, batch_size=1)
+    with pytest.raises(UserError, match="unknown named point"):
+        static_costs("resnest51d")
+    with pytest.raises(SpecError):
+        static_costs(_small_spec(stages=(StageSpec(1, 4, 1, 8),)), 16)
+    with pytest.raises(UserError, match="device"):
+        measure_costs(_small_spec(), 16, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            measure_costs(_small_spec(), 16, device="cuda")
+
+
+def test_cli_prints_costs(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    path = tmp_path / "spec.json"
+    path.write_text(_small_spec().to_json())
+    assert main([str(path), "--image-size", "16", "--json", "--no-latency"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"] == static_costs(_small_spec(), 16).params and out["latency_ms"] is None
+    assert main([str(path), "--image-size", "16", "--batch-size", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "MACs @16px" in text and "latency (batch 1)" in text and "images/s" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["resnest51d"], "unknown named point 'resnest51d'"),
+    (["missing.json"], "does not exist"),
+    (["{not json"], "not valid JSON"),
+    (["resnest50d", "--image-size", "8"], "below this spec's minimum"),
+])
+def test_cli_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], args: list[str],
+                                          message: str) -> None:
+    assert main(args + ["--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_module_entry_point_bad_json_file(tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"stages\": [")
+    proc = subprocess.run([sys.executable, "-m", "nas.costs", str(bad)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "not valid JSON" in proc.stderr
