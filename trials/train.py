@@ -34,7 +34,8 @@ _CONFIG_OPTIONS = (
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trials.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m trials.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", help="named point, SPACE:SEED (e.g. resnest:0), or spec JSON file/text")
     p.add_argument("--data", help="digits (default) | cifar10:PATH | cifar100:PATH | folder:PATH")
     p.add_argument("--epochs", type=int, help="epochs (default 10)")
@@ -50,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (default 5)")
     p.add_argument("--seed", type=int, help="training seed (default 0); the data split is fixed")
     p.add_argument("--device", help="auto (default) | cpu | cuda[:N]")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's choice); use 1 on a shared CPU")
     p.add_argument("--workers", type=int, help="DataLoader workers for large image folders")
     p.add_argument("--val-fraction", type=float, help="val share carved from train when absent (0.1)")
     p.add_argument("--train-fraction", type=float, help="train on a fixed stratified subset (default 1)")

@@ -188,7 +188,8 @@ class Trainer:
         if "top5" in val:
             record["val_top5"] = val["top5"]
         record.update({
-            "epoch_seconds": time.perf_counter() - start,
+            "epoch_seconds": time.perf_counter() - start,  # training + validation
+            # training images per second of training time (augmentation included)
             "images_per_s": seen / train_seconds if train_seconds > 0 else 0.0,
             "lr": self.optimizer.param_groups[0]["lr"],
         })
