@@ -4,10 +4,19 @@ Section "trial": `ray_trainable(config)`, the function trainable every search tr
 `trials.trial.Trial` (the same code as `python -m trials.train`), reports one result per epoch
 with a checkpoint (Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and honours the CPUs and
 GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick experiments).
+
+Section "search driver": `connect` (local Ray or a cluster address) and `run_search`, which runs a
+`nas.controller.SearchController` on a Tuner through a Searcher (proposals, completions) and a
+Scheduler (the pruner's verdict at every epoch report), with actor reuse to keep per-trial
+overhead small. Optuna is driven by the controller, not by Ray's `OptunaSearch`, which cannot
+prune multi-objective studies and tells Optuna COMPLETE for trials a scheduler stopped.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +25,8 @@ from typing import Any
 import ray
 import torch
 from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
 from search_spaces.errors import UserError
 from trials.training import TrainingFailed, load_checkpoint
@@ -93,3 +104,159 @@ def run_tuner(param_space: dict[str, Any], *, storage_path: str | Path, name: st
         ),
     )
     return tuner.fit()
+
+
+# --- search driver -----------------------------------------------------------------------------
+# Ray Tune runs the trials; the Ray-free `nas.controller.SearchController` makes every decision.
+
+
+def available_cpus() -> float:
+    return float(ray.available_resources().get("CPU", 1.0))
+
+
+
+class _ControllerSearcher(Searcher):
+    """Asks the controller for the next architecture; tells it when a trial ends."""
+
+    def __init__(self, controller: Any) -> None:
+        super().__init__()
+        self.controller = controller
+        self.ray_to_ours: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        proposal = self.controller.next_trial()
+        if proposal is None:
+            return Searcher.FINISHED
+        ours, config = proposal
+        self.ray_to_ours[trial_id] = ours
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # The scheduler already passed this result to the controller.
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # The controller persists everything itself (study + trials.csv).
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        ours = self.ray_to_ours.get(trial_id)
+        if ours is None:
+            return
+        reason = None
+        if error:
+            reason = self.errors.get(trial_id) or "trial raised an error (see Ray's error.txt)"
+        self.controller.on_complete(ours, result, reason)
+
+
+class _ControllerScheduler(FIFOScheduler):
+    """Consults the controller's Optuna pruner at every epoch report."""
+
+    def __init__(self, searcher: _ControllerSearcher) -> None:
+        super().__init__()
+        self.searcher = searcher
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        ours = self.searcher.ray_to_ours.get(trial.trial_id)
+        if ours is not None and self.searcher.controller.on_result(ours, result):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.searcher.errors[trial.trial_id] = _error_summary(trial)
+        super().on_trial_error(tune_controller, trial)
+
+
+def _error_summary(trial: Any) -> str:
+    """The last line of a trial's traceback, e.g. 'RuntimeError: out of memory'."""
+    path = getattr(trial, "error_file", None)
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "trial raised an error"
+    return lines[-1][:300] if lines else "trial raised an error"
+
+
+def connect(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> None:
+    """Start local Ray, or join the cluster at `address`; unreachable addresses are user errors."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
+                              "configure_logging": verbose}
+    if not verbose:
+        kwargs["logging_level"] = logging.ERROR
+    if address:
+        if address != "auto":
+            _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UserError(f"cannot connect to Ray at --address {address}: {err}") from None
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    host, _, port = address.replace("ray://", "").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError):
+        raise UserError(
+            f"cannot reach a Ray cluster at --address {address} (expected host:port of a running "
+            "head node, e.g. 127.0.0.1:6379, or 'auto')"
+        ) from None
+
+
+def run_search(
+    controller: Any,
+    *,
+    storage_path: Path,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    concurrency: int,
+    max_failures: int,
+    time_budget_s: float,
+    verbose: bool = False,
+    trainable: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Run the controller's search on Ray Tune until its budget is spent (or Ctrl-C).
+    `trainable` replaces `ray_trainable` (benchmarks of the framework's own overhead)."""
+    # Ctrl-C raises KeyboardInterrupt in the driver instead of Tune's own graceful stop, so the
+    # trials it cuts short stay RUNNING in the study and `--resume` re-queues them.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if not verbose:  # Our progress lines replace Ray's tables and sync warnings.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    searcher = _ControllerSearcher(controller)
+    trainable = tune.with_resources(
+        trainable or ray_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_ControllerScheduler(searcher),
+            num_samples=-1,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+            # Running trials get a grace period past the proposal budget to finish.
+            time_budget_s=time_budget_s * 1.25 + 30,
+        ),
+        run_config=tune.RunConfig(
+            name="ray",
+            storage_path=str(storage_path.resolve()),
+            verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    tuner.fit()
