@@ -174,6 +174,11 @@ class _ControllerScheduler(FIFOScheduler):
         super().on_trial_error(tune_controller, trial)
 
 
+def _trial_dirname(trial: Any) -> str:
+    """Ray's folder for a trial is named like ours (ray/t0003 beside trials/t0003)."""
+    return f"{Path(trial.config.get('trial_dir') or trial.trial_id).name}_{trial.trial_id}"
+
+
 def _error_summary(trial: Any) -> str:
     """The last line of a trial's traceback, e.g. 'RuntimeError: out of memory'."""
     path = getattr(trial, "error_file", None)
@@ -247,7 +252,7 @@ def run_search(
             num_samples=-1,
             max_concurrent_trials=concurrency,
             reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial.trial_id,
+            trial_dirname_creator=_trial_dirname,
             # Running trials get a grace period past the proposal budget to finish.
             time_budget_s=time_budget_s * 1.25 + 30,
         ),
