@@ -253,8 +253,8 @@ def run_search(
             max_concurrent_trials=concurrency,
             reuse_actors=True,
             trial_dirname_creator=_trial_dirname,
-            # Running trials get a grace period past the proposal budget to finish.
-            time_budget_s=time_budget_s * 1.25 + 30,
+            # No proposals after the budget; running trials get a short grace to finish.
+            time_budget_s=time_budget_s + min(30.0, 0.1 * time_budget_s) + 5,
         ),
         run_config=tune.RunConfig(
             name="ray",
