@@ -19,11 +19,12 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from nas.experiment import ExperimentConfig, write_trials_csv
+from nas.experiment import CsvCache, ExperimentConfig, write_trials_csv
 from nas.objectives import Objective
 from nas.pareto import pareto_mask
 from nas.pareto_pruner import INTERMEDIATE_ATTR
 from nas.strategy import VIOLATIONS_ATTR
+from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
 from trials.record import TrialRecord
@@ -71,6 +72,8 @@ class SearchController:
         self.started = time.monotonic()
         self.stopped = False
         self.queue: list[tuple[ArchSpec, str | None]] = [(s, None) for s in seed_specs]
+        self._csv_cache: CsvCache = {}  # trials.csv lines of unchanged records
+        self._front: list[TrialRecord] | None = None  # recomputed when a trial completes
         self._recover_interrupted()
 
     # Budget -----------------------------------------------------------------------------------
@@ -97,14 +100,20 @@ class SearchController:
             if not self.budget_left():
                 return None
             trial, spec, resume_from = self._propose()
-            costs = self.cost_fn(spec)
+            trial_id = f"t{trial.number:04d}"
+            try:
+                costs = self.cost_fn(spec)
+            except UserError as err:  # the builder refuses a point the space proposed
+                self.study.tell(trial, state=TrialState.FAIL)
+                self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec,
+                                         reason=f"invalid architecture: {err}"))
+                continue
             violations = self._violations(costs)
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("tag", spec.tag)
             for key, value in costs.items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr(VIOLATIONS_ATTR, violations)
-            trial_id = f"t{trial.number:04d}"
             if any(v > 0 for v in violations):
                 reason = "; ".join(self._violation_text(costs))
                 self.study.tell(trial, self._values(0.0, costs))
@@ -221,8 +230,11 @@ class SearchController:
 
     # Persistence and progress ----------------------------------------------------------------
     def _record(self, record: TrialRecord) -> None:
+        old = self.records.get(record.trial_id)
+        if "COMPLETE" in (record.state, old.state if old else None):
+            self._front = None
         self.records[record.trial_id] = record
-        write_trials_csv(self.exp, list(self.records.values()))
+        write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 
     def _recover_interrupted(self) -> None:
         """After a driver crash, trials left RUNNING are closed as FAIL and queued to run again
@@ -243,10 +255,15 @@ class SearchController:
                 self.records[record.trial_id] = replace(record, state="FAIL",
                                                         reason="interrupted (driver stopped)")
         if self.records:
-            write_trials_csv(self.exp, list(self.records.values()))
+            write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 
     def front(self) -> list[TrialRecord]:
         """Completed trials on the Pareto front of the experiment's objectives."""
+        if self._front is None:
+            self._front = self._compute_front()
+        return list(self._front)
+
+    def _compute_front(self) -> list[TrialRecord]:
         done = [r for r in self.records.values() if r.state == "COMPLETE"]
         if not done:
             return []

@@ -21,6 +21,7 @@ import numpy as np
 from nas.experiment import (
     ExperimentConfig,
     load_config,
+    open_storage,
     prepare_directory,
     read_trials_csv,
     study_storage_url,
@@ -283,7 +284,7 @@ def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective,
     if not resume and config.storage and config.name in optuna.get_all_study_names(url):
         raise UserError(f"study {config.name!r} already exists in --storage; pass --resume")
     return optuna.create_study(
-        storage=url, study_name=config.name, sampler=sampler, pruner=pruner,
+        storage=open_storage(url), study_name=config.name, sampler=sampler, pruner=pruner,
         directions=[o.direction for o in objectives], load_if_exists=resume,
     )
 
