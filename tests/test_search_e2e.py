@@ -26,7 +26,9 @@ OPTUNA_STATE = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL",
 
 def search(out: Path, name: str, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "nas.search", "--smoke", "--out", str(out), "--name", name, *args],
+        # A generous budget: these tests count trials, so the clock must not cut them short.
+        [sys.executable, "-m", "nas.search", "--smoke", "--time-budget", "15m", "--out", str(out),
+         "--name", name, *args],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -128,7 +130,8 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 @pytest.mark.slow
 def test_resume_after_kill_9_loses_and_reruns_nothing(tmp_path: Path) -> None:
     exp = tmp_path / "rs"
-    cmd = [sys.executable, "-m", "nas.search", "--smoke", "--out", str(tmp_path), "--name", "rs",
+    cmd = [sys.executable, "-m", "nas.search", "--smoke", "--time-budget", "15m", "--out",
+           str(tmp_path), "--name", "rs",
            "--trials", "6", "--epochs", "2", "--pruner", "none"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -177,7 +180,8 @@ def test_two_node_cluster_survives_losing_a_node(tmp_path: Path) -> None:
     remover = threading.Thread(target=remove_worker_once_running, daemon=True)
     remover.start()
     try:
-        code = main(["--smoke", "--out", str(tmp_path), "--name", "cl", "--address",
+        code = main(["--smoke", "--time-budget", "15m", "--out", str(tmp_path), "--name", "cl",
+                     "--address",
                      cluster.address, "--trials", "4", "--epochs", "3", "--pruner", "none",
                      "--concurrency", "2", "--max-failures", "3"])
     finally:
