@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from nas import build_model
+from nas.resnest import Bottleneck
+from nas.split_attention import SplitAttention
 from search_spaces import ArchSpec, StageSpec
 
 # Every code path in one small network: plain/grouped 3x3 (radix 0), sigmoid gate (radix 1),
@@ -110,10 +112,19 @@ def test_compile_inductor_channels_last() -> None:
 def test_channels_last_matches_contiguous(point: str) -> None:
     model, x = _model_and_input(point, batch=4)
     model.drop = torch.nn.Identity()
+    layouts: list[bool] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: layouts.append(
+        out.is_contiguous(memory_format=torch.channels_last))) for m in model.modules()
+        if isinstance(m, (Bottleneck, SplitAttention))]
     with torch.no_grad():
         ref = model(x)
+        layouts.clear()
         last = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     assert torch.allclose(last, ref, atol=1e-5)
+    # Every block keeps channels_last (no silent NCHW round trips between layers).
+    assert layouts and all(layouts)
+    for h in hooks:
+        h.remove()
     # Training too: same loss and gradients in both layouts.
     grads = []
     for fmt in (torch.contiguous_format, torch.channels_last):
