@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from nas.split_attention import SplitAttention
-from search_spaces.errors import SpecError
 from search_spaces.registry import SpecLike, resolve_spec
 from search_spaces.spec import EXPANSION, ArchSpec
 
@@ -104,15 +103,6 @@ def block_plan(spec: ArchSpec) -> list[list[BlockArgs]]:
     plan, in_channels = [], spec.stem_out_channels
     for i, stage in enumerate(spec.stages):
         planes = spec.stage_planes(i)
-        groups = stage.cardinality * stage.radix
-        if stage.radix >= 2 and spec.group_width(i) % groups:
-            # The split conv has cardinality * radix groups over the group width (as in the
-            # authors' code and timm); ArchSpec does not check this yet, so say it here.
-            raise SpecError(
-                f"stages[{i}]: radix {stage.radix} x cardinality {stage.cardinality} = {groups} "
-                f"must divide the group width {spec.group_width(i)} (= {planes} planes x width "
-                f"{stage.width} / 64 x cardinality); split attention convolves in {groups} groups"
-            )
         attn = spec.attention_width(i) if stage.radix >= 1 else 0
         blocks = []
         for j in range(stage.depth):

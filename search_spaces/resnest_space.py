@@ -81,6 +81,12 @@ class SpacePreset:
                 f"space preset {self.name!r}: base_planes {min(self.base_planes)} x width "
                 f"{min(self.width)} / 64 gives zero channels per group; raise either bound"
             )
+        for planes in {b * 2**i for b in self.base_planes for i in range(len(self.stage_depths))}:
+            if not self.radix_choices(planes):
+                raise UserError(
+                    f"space preset {self.name!r} admits no valid architecture: at {planes} planes "
+                    f"no width in {self.width} splits evenly into any radix in {self.radix}"
+                )
 
     @property
     def attention_cardinalities(self) -> tuple[int, ...]:
@@ -90,6 +96,15 @@ class SpacePreset:
     def usable_radix(self) -> tuple[int, ...]:
         """Radix values that have at least one valid cardinality."""
         return tuple(r for r in self.radix if r == 0 or self.attention_cardinalities)
+
+    def width_choices(self, radix: int, planes: int) -> tuple[int, ...]:
+        """Widths whose channels per group split evenly into `radix` parts at `planes`."""
+        return tuple(w for w in self.width
+                     if int(planes * w / 64) >= 1 and int(planes * w / 64) % max(radix, 1) == 0)
+
+    def radix_choices(self, planes: int) -> tuple[int, ...]:
+        """Radix values with at least one valid width at `planes`."""
+        return tuple(r for r in self.usable_radix if self.width_choices(r, planes))
 
     def avd_first_choices_given_avd(self, avd: bool) -> tuple[bool, ...]:
         return self.avd_first if avd else (False,)
@@ -145,15 +160,19 @@ class ResNeStSpace:
         stages = []
         for i, (low, high) in enumerate(p.stage_depths):
             s = i + 1
+            planes = base_planes * 2**i
             depth = trial.suggest_int(f"s{s}_depth", low, high) if low < high else low
-            radix = trial.suggest_categorical(f"s{s}_radix", p.usable_radix)
+            radixes = p.radix_choices(planes)
+            radix = trial.suggest_categorical(_name(f"s{s}_radix", radixes, p.usable_radix),
+                                              radixes)
             if radix == 0:
                 cardinality = trial.suggest_categorical(f"s{s}_cardinality_plain", p.cardinality)
             else:
                 cardinality = trial.suggest_categorical(
                     f"s{s}_cardinality", p.attention_cardinalities
                 )
-            width = trial.suggest_categorical(f"s{s}_width", p.width)
+            widths = p.width_choices(radix, planes)
+            width = trial.suggest_categorical(_name(f"s{s}_width", widths, p.width), widths)
             stages.append(StageSpec(depth, radix, cardinality, width))
         return ArchSpec(
             stages=tuple(stages),
@@ -232,6 +251,12 @@ class ResNeStSpace:
         return out
 
 
+def _name(base: str, choices: tuple[Any, ...], full: tuple[Any, ...]) -> str:
+    """A parameter's name, suffixed with its choices when a condition narrowed them: Optuna
+    requires one fixed set of choices per name."""
+    return base if choices == full else f"{base}|{','.join(map(str, choices))}"
+
+
 class AnswerTrial:
     """Answers the space's questions from a dict (a point chosen by hand), recording which ones
     were asked: the parameters Optuna would need to reproduce that point."""
@@ -240,13 +265,16 @@ class AnswerTrial:
         self.answers = answers
         self.params: dict[str, Any] = {}
 
+    def _answer(self, name: str) -> Any:
+        value = self.answers[name] if name in self.answers else self.answers[name.split("|")[0]]
+        self.params[name] = value
+        return value
+
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        self.params[name] = self.answers[name]
-        return self.answers[name]
+        return self._answer(name)
 
     def suggest_int(self, name: str, low: int, high: int) -> int:
-        self.params[name] = self.answers[name]
-        return self.answers[name]
+        return self._answer(name)
 
 
 class _RandomTrial:

@@ -130,6 +130,13 @@ class ArchSpec:
                 f"{planes} planes; need width >= {math.ceil(64 / planes)}"
             )
         if stage.radix >= 1:
+            splits = stage.radix * stage.cardinality
+            if self.group_width(index) % splits:
+                raise SpecError(
+                    f"stages[{index}]: radix {stage.radix} x cardinality {stage.cardinality} = "
+                    f"{splits} must divide the group width {self.group_width(index)} (width "
+                    f"{stage.width} at {planes} planes): the split conv has that many groups"
+                )
             attn = self.attention_width(index)
             if attn % stage.cardinality:
                 raise SpecError(

@@ -195,18 +195,15 @@ def test_named_point_parameter_counts(name: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == _ref_params(spec, spec.num_classes)
 
 
-@pytest.mark.xfail(strict=True, reason="the space samples radix x cardinality that does not divide "
-                   "the group width; ArchSpec does not reject it (builder raises SpecError)")
 @pytest.mark.parametrize("space_name", SPACES)
 def test_space_samples_are_all_buildable(space_name: str) -> None:
     _, bad = _valid_samples(space_name, SAMPLES_PER_SPACE)
     assert not bad, f"{len(bad)} of {SAMPLES_PER_SPACE} samples unbuildable, e.g. {bad[0].to_json()}"
 
 
-def test_unbuildable_spec_raises_spec_error() -> None:
-    spec = ArchSpec(stages=(StageSpec(1, 4, 1, 8),), base_planes=16, input_regime="small")
+def test_unbuildable_spec_is_refused_at_construction() -> None:
     with pytest.raises(SpecError, match=r"stages\[0\]: radix 4 x cardinality 1 = 4 must divide"):
-        build_model(spec)
+        ArchSpec(stages=(StageSpec(1, 4, 1, 8),), base_planes=16, input_regime="small")
 
 
 def test_avd_placement_and_strides() -> None:

@@ -107,6 +107,7 @@ def test_unknown_space_and_preset_list_valid_ones() -> None:
         ({"stage_depths": ((2, 1),) * 4}, "needs 1 <= low <= high"),
         ({"attn_min_width": (12,)}, "must be a multiple of 8"),
         ({"base_planes": (8,), "width": (4,)}, "gives zero channels per group"),
+        ({"radix": (4,), "width": (8,), "base_planes": (16,)}, "splits evenly into any radix"),
     ],
 )
 def test_space_bounds_that_admit_nothing_are_rejected(change: dict, message: str) -> None:

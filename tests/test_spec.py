@@ -85,8 +85,9 @@ BASE = ss.named_point("resnest14d").to_dict()
         ({"stages": [{"depth": 1, "radix": -1, "cardinality": 1, "width": 64}]}, "stages[0].radix must be >= 0"),
         ({"stages": [{"depth": 1, "radix": 2, "cardinality": 1, "width": 64, "x": 1}]}, "stages[0] has unknown field(s) x"),
         # attention width 32 is not divisible by cardinality 64
-        ({"stages": [{"depth": 1, "radix": 2, "cardinality": 64, "width": 1}]}, "stages[0].cardinality=64 must divide the attention width"),
+        ({"stages": [{"depth": 1, "radix": 1, "cardinality": 64, "width": 1}]}, "stages[0].cardinality=64 must divide the attention width"),
         ({"base_planes": 16, "stages": [{"depth": 1, "radix": 2, "cardinality": 1, "width": 2}]}, "stages[0].width=2 gives zero channels"),
+        ({"base_planes": 16, "stages": [{"depth": 1, "radix": 4, "cardinality": 1, "width": 8}]}, "stages[0]: radix 4 x cardinality 1 = 4 must divide the group width 2"),
     ],
 )
 def test_validation_names_field_and_rule(change: dict, message: str) -> None:
