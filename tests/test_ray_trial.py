@@ -20,7 +20,7 @@ BASE = {"spec": tiny_spec().to_json(), "image_size": 8, "train_fraction": 0.1, "
         "lr": 0.05, "epochs": 2, "seed": 0}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     # Ray workers cannot import this test module by name: ship its functions by value.

@@ -163,6 +163,7 @@ def test_two_node_cluster_survives_losing_a_node(tmp_path: Path) -> None:
 
     from nas.search import main
 
+    ray.shutdown()  # The search must join this cluster, not a Ray started by an earlier test.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

@@ -191,6 +191,8 @@ def _error_summary(trial: Any) -> str:
 
 def connect(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> None:
     """Start local Ray, or join the cluster at `address`; unreachable addresses are user errors."""
+    if address and address != "auto":
+        _check_reachable(address)
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose,
@@ -198,8 +200,6 @@ def connect(address: str | None, num_cpus: int | None = None, verbose: bool = Fa
     if not verbose:
         kwargs["logging_level"] = logging.ERROR
     if address:
-        if address != "auto":
-            _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:
