@@ -239,7 +239,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     objectives = parse_objectives(list(config.objectives))
     costs = cost_function(config)
     check_satisfiable(space, config, costs)
-    from trials import ray_search_dev as ray_runner
+    from trials import ray_runner
 
     ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
     exp.mkdir(parents=True, exist_ok=True)
