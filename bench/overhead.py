@@ -1,15 +1,20 @@
 """Framework overhead at scale: seconds per trial that are not training, and sampler ask/tell time.
 
-(i) `search`: the real search path (`nas.search` config, study on SQLite, SearchController,
-    `trials.ray_runner.run_search` on Ray Tune, one trial at a time) with a trainable that runs
-    the real trial body (`trials.ray_runner.run_trial`: Trial set-up, checkpoint and report every
-    epoch) on 2% of the digits train split (one step per epoch) at 8 px. Per trial:
-    framework seconds = wall seconds of the search / trials - in-trial compute (the trainable's
-    own time outside `tune.report`). The controller's share (Optuna ask/tell, static costs,
-    pruner, trials.csv, progress) is timed separately; the rest is Ray Tune.
+(i) `search`: the real search path (`nas.search` config and study on SQLite, SearchController
+    with real static costs, `trials.ray_runner.run_search` on Ray Tune, one trial at a time,
+    2 epochs so the pareto pruner acts at its rung) with a trainable that does one tiny step
+    per epoch and reports with a checkpoint like the real one (`--trainable real`: the real
+    `run_trial` on 2% of digits at 8 px). Per trial: framework seconds = (search wall seconds -
+    in-trial compute) / trials, in-trial compute being the trainable's own time outside
+    `tune.report`. The controller's share (Optuna ask/tell, static costs, pruner, trials.csv,
+    progress lines) is timed separately; the rest is Ray Tune.
 (ii) `sampler`: Optuna ask (+ our space's `suggest`) and tell times against study size for
     `make_sampler("tpe")` and `make_sampler("nsga2")` with two objectives (accuracy, MACs), on
-    in-memory and SQLite storage.
+    in-memory storage, SQLite as Optuna opens it, SQLite via `nas.experiment.open_storage` (what
+    the search uses) and Optuna's journal file (for comparison).
+(iii) `controller`: the controller alone (no Ray) over --trials' largest count for TPE and
+    NSGA-II: thread CPU ms per trial of each step (ask, suggest, costs, tell, pruner, csv, front)
+    in windows of trials, so growth shows independently of machine load.
 
     python bench/overhead.py                                   # both parts, 10/100/1000 trials
     python bench/overhead.py --part sampler --sizes 10 100 1000 --repeats 20
@@ -22,10 +27,12 @@ import argparse
 import dataclasses
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +43,15 @@ TINY_FRACTION = 0.02
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=("search", "sampler", "all"), default="all")
+    p.add_argument("--part", choices=("search", "controller", "sampler", "all"), default="all")
     p.add_argument("--trials", nargs="+", type=int, default=[10, 100, 1000])
+    p.add_argument("--trainable", choices=("tiny", "real"), default="tiny",
+                   help="tiny: one 4->2 SGD step per epoch; real: run_trial on 2%% of digits")
     p.add_argument("--epochs", type=int, default=2, help="reports per trial (pruner rung at 1)")
     p.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 1000],
                    help="study sizes for the sampler part")
+    p.add_argument("--storages", nargs="+", default=["memory", "sqlite", "sqlite-wal", "journal"],
+                   choices=("memory", "sqlite", "sqlite-wal", "journal"))
     p.add_argument("--repeats", type=int, default=20, help="ask/tell pairs timed per size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-overhead"))
@@ -50,48 +61,92 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- (i) search ---------------------------------------------------------------------------------
 
 
+class _Clock:
+    """A trainable's own time outside `tune.report`, logged (cumulative) at every report: Ray
+    stops pruned trials inside a report, so a log written at the end would miss them."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.log, self.key = config["_compute_log"], config["trial_dir"]
+        self.start, self.in_report = time.perf_counter(), 0.0
+
+    def report(self, metrics: dict[str, Any], checkpoint: Any = None) -> None:
+        from ray import tune
+
+        compute = time.perf_counter() - self.start - self.in_report
+        with open(self.log, "a") as handle:
+            handle.write(json.dumps({"trial": self.key, "compute_s": compute}) + "\n")
+        begin = time.perf_counter()
+        tune.report(metrics, checkpoint=checkpoint)
+        self.in_report += time.perf_counter() - begin
+
+
 def tiny_trainable(config: dict[str, Any]) -> None:
-    """The real trial body on a tiny train subset; logs its own time outside `tune.report`."""
+    """One tiny SGD step per epoch (a 4->2 linear layer on 2 samples) and, like the real
+    trainable, a report with a checkpoint directory every epoch. Accuracy is made up (stable per
+    trial), so the pruner still prunes."""
+    import tempfile
+
+    import torch
+    from ray import tune
+
+    clock = _Clock(config)
+    final = 0.3 + 0.7 * (zlib.crc32(config["trial_dir"].encode()) % 1000) / 1000
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch in range(1, config["epochs"] + 1):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 1]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        metrics = {"epoch": epoch, "train_loss": float(loss), "val_top1": final * epoch /
+                   config["epochs"], "epoch_seconds": 0.0, "images_per_s": 0.0, "lr": 0.1}
+        with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
+            torch.save(model.state_dict(), Path(directory) / "checkpoint.pt")
+            clock.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def real_trainable(config: dict[str, Any]) -> None:
+    """The real trial body (`run_trial`: Trial set-up, training, checkpoint, report per epoch)
+    on 2% of the train split: one step per epoch plus the validation pass."""
     from ray import tune
 
     from trials.ray_runner import run_trial
 
-    log = config["_compute_log"]
-    in_report = 0.0
-
-    def report(metrics: dict[str, Any], checkpoint: Any = None) -> None:
-        nonlocal in_report
-        start = time.perf_counter()
-        tune.report(metrics, checkpoint=checkpoint)
-        in_report += time.perf_counter() - start
-
-    start = time.perf_counter()
-    run_trial({**config, "train_fraction": TINY_FRACTION}, report=report,
+    clock = _Clock(config)
+    run_trial({**config, "train_fraction": TINY_FRACTION}, report=clock.report,
               get_checkpoint=tune.get_checkpoint)
-    total = time.perf_counter() - start
-    with open(log, "a") as handle:
-        handle.write(json.dumps({"total_s": total, "report_s": in_report}) + "\n")
 
 
-def _timed(ctrl: Any, spent: dict[str, float], ends: list[float]) -> None:
-    """Wrap the controller's driver-side methods to sum their time (outermost calls only)."""
+TRAINABLES = {"tiny": tiny_trainable, "real": real_trainable}
+
+
+def _timed(ctrl: Any, spent: dict[str, float], marks: list[tuple[float, ...]]) -> None:
+    """Wrap the controller's driver-side methods: sum their wall time per method and their CPU
+    time (outermost calls only), and at each trial's end append a mark (wall clock, driver
+    process CPU, controller wall, controller CPU) for the growth windows."""
     depth = [0]
     for name in ("next_trial", "on_result", "on_complete"):
         original = getattr(ctrl, name)
 
         def wrapper(*args: Any, _original: Any = original, _name: str = name, **kw: Any) -> Any:
             depth[0] += 1
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return _original(*args, **kw)
             finally:
                 depth[0] -= 1
                 if depth[0] == 0:
                     spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - start
-                if _name == "on_complete" and depth[0] == 0:
-                    ends.append(time.perf_counter())
+                    spent["cpu"] = spent.get("cpu", 0.0) + time.thread_time() - cpu
+                    if _name == "on_complete":
+                        marks.append((time.perf_counter(), time.process_time(),
+                                      sum(v for k, v in spent.items() if k in METHODS),
+                                      spent["cpu"]))
 
         setattr(ctrl, name, wrapper)
+
+
+METHODS = ("next_trial", "on_result", "on_complete")
 
 
 def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -125,35 +180,120 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     make_config = ctrl.trial_config_fn
     ctrl.trial_config_fn = lambda *a: {**make_config(*a), "_compute_log": str(compute_log)}
     spent: dict[str, float] = {}
-    ends: list[float] = []
-    _timed(ctrl, spent, ends)
+    marks: list[tuple[float, ...]] = []
+    _timed(ctrl, spent, marks)
+    cost_fn = ctrl.cost_fn
+
+    def timed_costs(spec: Any) -> dict[str, float]:  # part of next_trial, reported on its own
+        begin = time.perf_counter()
+        try:
+            return cost_fn(spec)
+        finally:
+            spent["of_which_costs"] = spent.get("of_which_costs", 0.0) + time.perf_counter() - begin
+
+    ctrl.cost_fn = timed_costs
     start = time.perf_counter()
+    marks.append((start, time.process_time(), 0.0, 0.0))
     ray_runner.run_search(ctrl, storage_path=exp, cpus_per_trial=1, gpus_per_trial=0,
                               concurrency=1, max_failures=0, time_budget_s=36000,
-                              trainable=tiny_trainable)
+                              trainable=TRAINABLES[args.trainable])
     wall = time.perf_counter() - start
-    rows = [json.loads(line) for line in compute_log.read_text().splitlines()]
-    compute = sum(r["total_s"] - r["report_s"] for r in rows)
-    trained = len(rows)
-    gaps = [b - a for a, b in zip([start, *ends], ends, strict=False)]
+    per_trial: dict[str, float] = {}
+    for line in compute_log.read_text().splitlines():
+        row = json.loads(line)
+        per_trial[row["trial"]] = row["compute_s"]
+    compute, trained = sum(per_trial.values()), len(per_trial)
     return {
         "trials": n, "trained": trained, "counts": ctrl.counts(), "wall_s": wall,
-        "compute_s": compute, "report_s": sum(r["report_s"] for r in rows),
+        "trainable": args.trainable, "compute_s": compute,
         "framework_s_per_trial": (wall - compute) / max(trained, 1),
-        "controller_s_per_trial": sum(spent.values()) / max(trained, 1),
-        "controller_s": spent, "per_trial_wall_windows": _windows(gaps),
-        "compute_s_per_trial": compute / max(trained, 1),
+        "controller_s_per_trial": sum(spent.get(k, 0.0) for k in METHODS) / max(trained, 1),
+        "controller_cpu_s_per_trial": spent.get("cpu", 0.0) / max(trained, 1),
+        "controller_s": spent, "compute_s_per_trial": compute / max(trained, 1),
+        "windows": _windows(marks),
     }
 
 
-def _windows(gaps: list[float]) -> dict[str, float]:
-    """Mean wall seconds between trial completions in windows of trial numbers (growth check)."""
+def _windows(marks: list[tuple[float, ...]]) -> dict[str, dict[str, float]]:
+    """Per-trial means over windows of finished trials (growth check): wall seconds, driver
+    process CPU seconds, controller wall and CPU seconds."""
     out = {}
-    for lo, hi in ((1, 10), (11, 100), (101, 1000), (1001, 10000)):
-        part = gaps[lo - 1:hi]
-        if part:
-            out[f"{lo}-{min(hi, len(gaps))}"] = statistics.fmean(part)
+    for lo, hi in ((1, 10), (11, 100), (101, 500), (501, 1000), (1001, 10**6)):
+        if len(marks) <= lo:
+            continue
+        a, b = marks[lo - 1], marks[min(hi, len(marks) - 1)]
+        k = min(hi, len(marks) - 1) - lo + 1
+        out[f"{lo}-{lo + k - 1}"] = {name: (b[i] - a[i]) / k for i, name in enumerate(
+            ("wall_s", "driver_cpu_s", "controller_s", "controller_cpu_s"))}
     return out
+
+
+def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The controller alone (no Ray; study on SQLite as the search opens it, real static costs,
+    made-up 2-epoch results): thread CPU seconds per trial of each step, in windows of trials."""
+    import nas.controller
+    from nas import search
+    from nas.objectives import parse_objectives
+    from search_spaces import get_space
+
+    out = args.out / "controller"
+    shutil.rmtree(out / f"{sampler}{n}", ignore_errors=True)
+    cli = search.build_parser().parse_args([
+        "--out", str(out), "--name", f"{sampler}{n}", "--trials", str(n), "--epochs", "2",
+        "--image-size", "8", "--time-budget", "10h", "--sampler", sampler,
+        "--seed", str(args.seed)])
+    config, _ = search.config_from_args(cli)
+    config = dataclasses.replace(config, image_size=8)
+    exp = search.prepare_directory(out, config.name, False)
+    exp.mkdir(parents=True)
+    objectives = parse_objectives(list(config.objectives))
+    study = search.open_study(config, exp, objectives, resume=False)
+    ctrl = search.make_controller(config, exp, study, get_space(config.space), objectives,
+                                  search.cost_function(config), False)
+    ctrl.log = lambda line: None
+    cpu: dict[str, float] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                cpu[name] = cpu.get(name, 0.0) + time.thread_time() - start
+        return wrapper
+
+    study.ask = timed("optuna ask", study.ask)
+    ctrl.space.suggest = timed("space.suggest (sampling)", ctrl.space.suggest)
+    ctrl.cost_fn = timed("static costs", ctrl.cost_fn)
+    study.tell = timed("optuna tell", study.tell)
+    study.pruner.prune = timed("pruner", study.pruner.prune)
+    ctrl.front = timed("front", ctrl.front)
+    csv_writer = nas.controller.write_trials_csv
+    nas.controller.write_trials_csv = timed("trials.csv", csv_writer)
+    rng = random.Random(args.seed)
+    marks = [(0, time.thread_time(), dict(cpu))]
+    try:
+        for i in range(1, n + 1):
+            proposal = ctrl.next_trial()
+            if proposal is None:
+                break
+            trial_id, _ = proposal
+            final = rng.uniform(0.3, 1.0)
+            result = {"epoch": 1, "val_top1": final / 2, "train_loss": 1.0}
+            if not ctrl.on_result(trial_id, result):
+                result = {"epoch": 2, "val_top1": final, "train_loss": 1.0}
+            ctrl.on_complete(trial_id, result)
+            if i in (10, 100, 500, 1000, n):
+                marks.append((i, time.thread_time(), dict(cpu)))
+    finally:
+        nas.controller.write_trials_csv = csv_writer
+    windows = {}
+    for (i0, t0, c0), (i1, t1, c1) in zip(marks, marks[1:], strict=False):
+        if i1 > i0:
+            per = {k: 1e3 * (v - c0.get(k, 0.0)) / (i1 - i0) for k, v in c1.items()}
+            per["total (all controller calls)"] = 1e3 * (t1 - t0) / (i1 - i0)
+            windows[f"{i0 + 1}-{i1}"] = per
+    return {"sampler": sampler, "trials": n, "ms_per_trial_cpu": windows}
 
 
 # --- (ii) sampler -------------------------------------------------------------------------------
@@ -164,22 +304,31 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
     import numpy as np
     import optuna
 
+    from nas.experiment import open_storage
     from nas.strategy import make_sampler
     from search_spaces import get_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = get_space("resnest")
     rng = np.random.default_rng(args.seed)
-    url = None
-    if storage == "sqlite":
+    url: Any = None
+    if storage.startswith("sqlite"):
         db = args.out / "sampler" / f"{name}-{size}.db"
         db.parent.mkdir(parents=True, exist_ok=True)
-        db.unlink(missing_ok=True)
+        for leftover in db.parent.glob(f"{db.name}*"):
+            leftover.unlink()
         url = f"sqlite:///{db.resolve()}"
-    study = optuna.create_study(directions=["maximize", "minimize"], storage=url,
-                                sampler=optuna.samplers.RandomSampler(seed=args.seed))
+        url = open_storage(url) if storage == "sqlite-wal" else url
+    elif storage == "journal":  # Optuna's append-only log file, for comparison
+        log = args.out / "sampler" / f"{name}-{size}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        url = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(log)))
+    filled = optuna.create_study(directions=["maximize", "minimize"],
+                                 sampler=optuna.samplers.RandomSampler(seed=args.seed))
 
-    def one() -> tuple[float, float]:
+    def one(study: optuna.Study) -> tuple[float, float]:
         start = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
@@ -187,10 +336,12 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
         study.tell(trial, [float(rng.uniform(0.1, 1.0)), float(10 ** rng.uniform(5.7, 7.8))])
         return asked - start, time.perf_counter() - asked
 
-    for _ in range(size):
-        one()
+    for _ in range(size):  # random trials, copied (one commit each) into the storage under test
+        one(filled)
+    study = optuna.create_study(directions=["maximize", "minimize"], storage=url)
+    study.add_trials(filled.trials)
     study.sampler = make_sampler(name, seed=args.seed, n_trials=size, constrained=False)
-    timings = [one() for _ in range(args.repeats)]
+    timings = [one(study) for _ in range(args.repeats)]
     return {"sampler": name, "storage": storage, "size": size,
             "ask_ms": 1e3 * statistics.median(t[0] for t in timings),
             "tell_ms": 1e3 * statistics.median(t[1] for t in timings)}
@@ -202,12 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"load_before": os.getloadavg()}
     if args.part in ("sampler", "all"):
         results["sampler"] = []
-        for storage in ("memory", "sqlite"):
+        for storage in args.storages:
             for name in ("tpe", "nsga2"):
                 for size in args.sizes:
                     row = sampler_times(name, size, storage, args)
                     results["sampler"].append(row)
                     print(json.dumps(row), flush=True)
+    if args.part in ("controller", "all"):
+        results["controller"] = []
+        for name in ("tpe", "nsga2"):
+            row = controller_growth(max(args.trials), name, args)
+            results["controller"].append(row)
+            print(json.dumps(row), flush=True)
     if args.part in ("search", "all"):
         results["search"] = []
         for n in args.trials:
