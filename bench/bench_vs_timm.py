@@ -5,7 +5,12 @@ models hold the same weights (ours loads timm's state dict, checked equal in eva
 the same memory format and autocast setting, and alternate every round (ABBA order) so drift in
 machine load hits both alike. Reports medians over rounds and the ratio ours/timm in images/s.
 
+`--unit split-attention` times only the split-attention modules (forward + backward, every
+distinct shape the model runs, weighted by how often it occurs): the one part whose code differs
+from timm's, with far less noise than whole steps on a shared machine.
+
     python bench/bench_vs_timm.py --batch-size 8 --image-size 224 --rounds 6
+    python bench/bench_vs_timm.py --unit split-attention --threads 1 --rounds 15
     python bench/bench_vs_timm.py --device cuda --amp --channels-last   # GPU: bf16 autocast
 """
 
@@ -17,6 +22,8 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas import build_model  # noqa: E402
+from nas.split_attention import SplitAttention  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -32,19 +40,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool):
-    """A closure running one training step; autocast only around forward + loss (as in training)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    dtype = torch.bfloat16
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=dtype, enabled=amp):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-
-    return step
+def ab_time(fns: dict[str, Callable[[], None]], rounds: int, reps: int,
+            device: torch.device) -> dict[str, float]:
+    """Alternate ours/timm each round (ABBA); medians of wall and process CPU time per call."""
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for key in (["ours", "timm"] if r % 2 == 0 else ["timm", "ours"]):
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(reps):
+                fns[key]()
+            _sync(device)
+            wall[key].append((time.perf_counter() - t0) / reps)
+            cpu[key].append((time.process_time() - c0) / reps)
+    paired = sorted(t / o for o, t in zip(wall["ours"], wall["timm"], strict=True))
+    return {
+        "ours_s": statistics.median(wall["ours"]), "timm_s": statistics.median(wall["timm"]),
+        "ratio": statistics.median(wall["timm"]) / statistics.median(wall["ours"]),
+        # Per-round ratios (paired by round) show the spread that one median hides.
+        "ratio_paired": statistics.median(paired), "ratio_min": paired[0], "ratio_max": paired[-1],
+        # Process CPU seconds: time spent descheduled on a shared machine does not count, so
+        # this ratio is steadier than the wall-clock one (meaningful on the CPU device only).
+        "cpu_ratio": statistics.median(cpu["timm"]) / statistics.median(cpu["ours"]),
+        "ours_cpu_s": statistics.median(cpu["ours"]), "timm_cpu_s": statistics.median(cpu["timm"]),
+    }
 
 
 def _pair(name: str, device: torch.device, channels_last: bool) -> dict[str, torch.nn.Module]:
@@ -54,59 +74,107 @@ def _pair(name: str, device: torch.device, channels_last: bool) -> dict[str, tor
     theirs = timm.create_model(name, pretrained=False)
     ours = build_model(name)
     ours.load_state_dict(theirs.state_dict(), strict=True)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    models = {"ours": ours, "timm": theirs}
     probe = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         diff = (ours.eval()(probe) - theirs.eval()(probe)).abs().max().item()
     if diff > 1e-4:
         raise SystemExit(f"{name}: our output differs from timm's by {diff:.2e}; not benchmarking")
-    for m in models.values():
-        m.to(device=device, memory_format=fmt).train()
-    return models
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return {k: m.to(device=device, memory_format=fmt).train() for k, m in
+            (("ours", ours), ("timm", theirs))}
+
+
+def _input(args: argparse.Namespace, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    fmt = torch.channels_last if args.channels_last and len(shape) == 4 else torch.contiguous_format
+    return x.to(device, memory_format=fmt)
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     models = _pair(name, device, args.channels_last)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
-    y = torch.randint(0, 1000, (args.batch_size,), generator=gen).to(device)
-    x = x.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
-    steps = {k: _make_step(m, x, y, args.amp) for k, m in models.items()}
+    x = _input(args, (args.batch_size, 3, args.image_size, args.image_size), device)
+    y = torch.randint(0, 1000, (args.batch_size,), generator=torch.Generator().manual_seed(2))
+    y = y.to(device)
+
+    def make_step(model: torch.nn.Module) -> Callable[[], None]:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    steps = {k: make_step(m) for k, m in models.items()}
     for fn in steps.values():
         for _ in range(args.warmup):
             fn()
-    _sync(device)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    cpu: dict[str, list[float]] = {k: [] for k in steps}
-    for r in range(args.rounds):
-        order = ["ours", "timm"] if r % 2 == 0 else ["timm", "ours"]
-        for key in order:
-            _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(args.steps_per_round):
-                steps[key]()
-            _sync(device)
-            times[key].append((time.perf_counter() - t0) / args.steps_per_round)
-            cpu[key].append((time.process_time() - c0) / args.steps_per_round)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    ours_ips, timm_ips = args.batch_size / med["ours"], args.batch_size / med["timm"]
-    # Per-round ratios (paired by round) show the spread that one median hides.
-    paired = sorted(t / o for o, t in zip(times["ours"], times["timm"], strict=True))
-    return {
-        "ours_s": med["ours"], "timm_s": med["timm"], "ours_ips": ours_ips, "timm_ips": timm_ips,
-        "ratio": ours_ips / timm_ips, "ratio_min": paired[0], "ratio_max": paired[-1],
-        # CPU seconds of this process per step: on a shared machine, time spent descheduled
-        # does not count, so this ratio is steadier than the wall-clock one (CPU device only).
-        "cpu_ratio": med_cpu["timm"] / med_cpu["ours"],
-    }
+    result = ab_time(steps, args.rounds, args.steps_per_round, device)
+    result["ours_ips"] = args.batch_size / result["ours_s"]
+    result["timm_ips"] = args.batch_size / result["timm_s"]
+    return result
+
+
+def bench_split_attention(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Sum over the model's split-attention calls of forward + backward time, ours vs timm's
+    `SplitAttn` holding the same weights (each distinct input shape timed once, weighted)."""
+    from timm.layers.split_attn import SplitAttn
+
+    device = torch.device(args.device)
+    model = _pair(name, torch.device("cpu"), False)["ours"]
+    calls: Counter = Counter()
+    hooks = [m.register_forward_hook(
+        lambda mod, inp, _out: calls.update([(mod, tuple(inp[0].shape))]))
+        for m in model.modules() if isinstance(m, SplitAttention)]
+    with torch.no_grad():
+        model(torch.randn(2, 3, args.image_size, args.image_size))
+    for h in hooks:
+        h.remove()
+    distinct: dict[tuple, int] = Counter()
+    for (mod, shape), n in calls.items():
+        key = (mod.channels, mod.fc1.out_channels, mod.radix, mod.cardinality,
+               mod.conv.stride[0], shape[1:])
+        distinct[key] += n
+    totals = {"ours_s": 0.0, "timm_s": 0.0, "cpu_ours": 0.0, "cpu_timm": 0.0}
+    for (ch, attn, radix, card, stride, shape), count in distinct.items():
+        ours = SplitAttention(ch, attn, radix, card, stride)
+        theirs = SplitAttn(ch, ch, 3, stride, groups=card, radix=radix,
+                           norm_layer=torch.nn.BatchNorm2d)
+        theirs.load_state_dict(ours.state_dict())
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        x = _input(args, (args.batch_size, *shape), device).requires_grad_()
+        fns = {}
+        for key, mod in (("ours", ours), ("timm", theirs)):
+            mod = mod.to(device, memory_format=fmt).train()
+
+            def fwd_bwd(mod: torch.nn.Module = mod, x: torch.Tensor = x) -> None:
+                x.grad = None
+                mod.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    out = mod(x)
+                out.float().square().mean().backward()
+
+            fns[key] = fwd_bwd
+            for _ in range(args.warmup):
+                fwd_bwd()
+        r = ab_time(fns, args.rounds, args.steps_per_round, device)
+        totals["ours_s"] += count * r["ours_s"]
+        totals["timm_s"] += count * r["timm_s"]
+        totals["cpu_ours"] += count * r["ours_cpu_s"]
+        totals["cpu_timm"] += count * r["timm_cpu_s"]
+    totals["ratio"] = totals["timm_s"] / totals["ours_s"]
+    totals["cpu_ratio"] = totals["cpu_timm"] / totals["cpu_ours"]
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["resnest50d", "resnest50d_4s2x40d"])
+    p.add_argument("--unit", choices=["model", "split-attention"], default="model")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=6, help="A/B rounds (medians over rounds)")
@@ -128,22 +196,32 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"- date: {datetime.date.today().isoformat()}, torch {torch.__version__}, "
         f"python {platform.python_version()}, device {args.device}, "
-        f"threads {torch.get_num_threads()}",
+        f"threads {torch.get_num_threads()}, unit {args.unit}",
         f"- batch {args.batch_size}, {args.image_size} px, {args.rounds} rounds x "
         f"{args.steps_per_round} steps, warm-up {args.warmup}, channels_last "
         f"{args.channels_last}, amp(bf16) {args.amp}",
         "",
-        "| model | ours s/step | timm s/step | ours img/s | timm img/s | ratio ours/timm "
-        "| per-round ratio min-max | CPU-time ratio |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    cpu_col = args.device == "cpu"
+    if args.unit == "model":
+        lines += ["| model | ours s/step | timm s/step | ours img/s | timm img/s | ratio ours/timm "
+                  "| per-round ratio median (min-max) | CPU-time ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| model | ours split-attention s/step | timm s/step | ratio ours/timm "
+                  "| CPU-time ratio |", "|---|---|---|---|---|"]
     for name in args.models:
-        r = bench_model(name, args)
-        lines.append(
-            f"| {name} | {r['ours_s']:.3f} | {r['timm_s']:.3f} | {r['ours_ips']:.2f} | "
-            f"{r['timm_ips']:.2f} | {r['ratio']:.3f} | {r['ratio_min']:.3f}-{r['ratio_max']:.3f} | "
-            + (f"{r['cpu_ratio']:.3f} |" if args.device == "cpu" else "n/a |")
-        )
+        if args.unit == "model":
+            r = bench_model(name, args)
+            lines.append(
+                f"| {name} | {r['ours_s']:.3f} | {r['timm_s']:.3f} | {r['ours_ips']:.2f} | "
+                f"{r['timm_ips']:.2f} | {r['ratio']:.3f} | {r['ratio_paired']:.3f} "
+                f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
+                + (f"{r['cpu_ratio']:.3f} |" if cpu_col else "n/a |"))
+        else:
+            r = bench_split_attention(name, args)
+            lines.append(f"| {name} | {r['ours_s']:.4f} | {r['timm_s']:.4f} | {r['ratio']:.3f} | "
+                         + (f"{r['cpu_ratio']:.3f} |" if cpu_col else "n/a |"))
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     print("\n" + table)

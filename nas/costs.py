@@ -16,7 +16,7 @@ Definitions (state them with every number):
   activation memory autograd keeps for backward (plus the logits); the peak adds the largest
   transient temporaries. Backward (gradients), optimizer state and allocator overhead come on top.
   meta/CPU: exact tensor bytes tracked per storage. CUDA: max_memory_allocated minus the bytes
-  allocated before the forward.
+  allocated before the forward (so it also counts cuDNN workspaces and allocator rounding).
 - latency_ms: median wall time of an eval forward at batch 1 after warm-up.
 - throughput_images_per_s: eval forward images/s at `batch_size` (median over runs).
 """
