@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +18,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas import CostRecord, build_model, measure_costs, static_costs
 from nas.costs import _static, _Tracker, main, whole_model_costs
 from search_spaces import ArchSpec, SpecError, StageSpec, UserError, get_space
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small inputs gain nothing from a second thread, and on a shared 2-core machine OpenMP
+    threads wait for each other at every op (a 64 px ResNeSt-269 forward: 0.3 s on one thread,
+    15 s on two while other jobs ran)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # The reference's published MACs (the paper's "GFLOPs") and timm parameter counts.
 PUBLISHED = [

@@ -5,6 +5,7 @@ torch.export (dynamic batch), ONNX via the dynamo exporter run in onnxruntime, t
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,6 +14,18 @@ from nas import build_model
 from nas.resnest import Bottleneck
 from nas.split_attention import SplitAttention
 from search_spaces import ArchSpec, StageSpec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small inputs gain nothing from a second thread, and on a shared 2-core machine OpenMP
+    threads wait for each other at every op (a 64 px ResNeSt-269 forward: 0.3 s on one thread,
+    15 s on two while other jobs ran)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # Every code path in one small network: plain/grouped 3x3 (radix 0), sigmoid gate (radix 1),
 # softmax over radix 2 and 4 with cardinality > 1, avd before the conv, strided-conv shortcut,
