@@ -40,11 +40,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Timings = dict[str, list[float]]
+
+
 def ab_time(fns: dict[str, Callable[[], None]], rounds: int, reps: int,
-            device: torch.device) -> dict[str, float]:
-    """Alternate ours/timm each round (ABBA); medians of wall and process CPU time per call."""
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
+            device: torch.device) -> tuple[Timings, Timings]:
+    """Alternate ours/timm each round (ABBA); wall and process CPU seconds per call, per round."""
+    wall: Timings = {k: [] for k in fns}
+    cpu: Timings = {k: [] for k in fns}
     for r in range(rounds):
         for key in (["ours", "timm"] if r % 2 == 0 else ["timm", "ours"]):
             _sync(device)
@@ -54,25 +57,38 @@ def ab_time(fns: dict[str, Callable[[], None]], rounds: int, reps: int,
             _sync(device)
             wall[key].append((time.perf_counter() - t0) / reps)
             cpu[key].append((time.process_time() - c0) / reps)
+    return wall, cpu
+
+
+def summarize(wall: Timings, cpu: Timings) -> dict[str, float]:
     paired = sorted(t / o for o, t in zip(wall["ours"], wall["timm"], strict=True))
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
-        "ours_s": statistics.median(wall["ours"]), "timm_s": statistics.median(wall["timm"]),
-        "ratio": statistics.median(wall["timm"]) / statistics.median(wall["ours"]),
+        "ours_s": med["ours"], "timm_s": med["timm"], "ratio": med["timm"] / med["ours"],
         # Per-round ratios (paired by round) show the spread that one median hides.
         "ratio_paired": statistics.median(paired), "ratio_min": paired[0], "ratio_max": paired[-1],
         # Process CPU seconds: time spent descheduled on a shared machine does not count, so
         # this ratio is steadier than the wall-clock one (meaningful on the CPU device only).
-        "cpu_ratio": statistics.median(cpu["timm"]) / statistics.median(cpu["ours"]),
-        "ours_cpu_s": statistics.median(cpu["ours"]), "timm_cpu_s": statistics.median(cpu["timm"]),
+        "cpu_ratio": med_cpu["timm"] / med_cpu["ours"],
+        "ours_cpu_s": med_cpu["ours"], "timm_cpu_s": med_cpu["timm"],
     }
 
 
-def _pair(name: str, device: torch.device, channels_last: bool) -> dict[str, torch.nn.Module]:
+def _pair(name: str, device: torch.device, channels_last: bool, ours_first: bool = False,
+          same: bool = False) -> dict[str, torch.nn.Module]:
+    """Both models with timm's weights. `same`: the "ours" slot holds a second timm model (an A/A
+    run: measures the harness's own bias, e.g. from where each model's memory landed)."""
     import timm  # the benchmark's reference only; nas/ never imports timm
 
+    def make_ours() -> torch.nn.Module:
+        return timm.create_model(name, pretrained=False) if same else build_model(name)
+
     torch.manual_seed(0)
-    theirs = timm.create_model(name, pretrained=False)
-    ours = build_model(name)
+    if ours_first:  # alternate construction order between repeats: allocation order matters
+        ours, theirs = make_ours(), timm.create_model(name, pretrained=False)
+    else:
+        theirs, ours = timm.create_model(name, pretrained=False), make_ours()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     probe = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -91,8 +107,9 @@ def _input(args: argparse.Namespace, shape: tuple[int, ...], device: torch.devic
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """`args.repeats` fresh model pairs (construction order alternating), `args.rounds` ABBA
+    rounds each; statistics over all rounds."""
     device = torch.device(args.device)
-    models = _pair(name, device, args.channels_last)
     x = _input(args, (args.batch_size, 3, args.image_size, args.image_size), device)
     y = torch.randint(0, 1000, (args.batch_size,), generator=torch.Generator().manual_seed(2))
     y = y.to(device)
@@ -109,11 +126,20 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
 
         return step
 
-    steps = {k: make_step(m) for k, m in models.items()}
-    for fn in steps.values():
-        for _ in range(args.warmup):
-            fn()
-    result = ab_time(steps, args.rounds, args.steps_per_round, device)
+    wall: Timings = {"ours": [], "timm": []}
+    cpu: Timings = {"ours": [], "timm": []}
+    for repeat in range(args.repeats):
+        models = _pair(name, device, args.channels_last, ours_first=repeat % 2 == 1, same=args.aa)
+        steps = {k: make_step(m) for k, m in models.items()}
+        for fn in steps.values():
+            for _ in range(args.warmup):
+                fn()
+        w, c = ab_time(steps, args.rounds, args.steps_per_round, device)
+        for k in wall:
+            wall[k] += w[k]
+            cpu[k] += c[k]
+        del models, steps
+    result = summarize(wall, cpu)
     result["ours_ips"] = args.batch_size / result["ours_s"]
     result["timm_ips"] = args.batch_size / result["timm_s"]
     return result
@@ -125,7 +151,7 @@ def bench_split_attention(name: str, args: argparse.Namespace) -> dict[str, floa
     from timm.layers.split_attn import SplitAttn
 
     device = torch.device(args.device)
-    model = _pair(name, torch.device("cpu"), False)["ours"]
+    model = build_model(name)
     calls: Counter = Counter()
     hooks = [m.register_forward_hook(
         lambda mod, inp, _out: calls.update([(mod, tuple(inp[0].shape))]))
@@ -161,7 +187,7 @@ def bench_split_attention(name: str, args: argparse.Namespace) -> dict[str, floa
             fns[key] = fwd_bwd
             for _ in range(args.warmup):
                 fwd_bwd()
-        r = ab_time(fns, args.rounds, args.steps_per_round, device)
+        r = summarize(*ab_time(fns, args.rounds, args.steps_per_round, device))
         totals["ours_s"] += count * r["ours_s"]
         totals["timm_s"] += count * r["timm_s"]
         totals["cpu_ours"] += count * r["ours_cpu_s"]
@@ -179,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=6, help="A/B rounds (medians over rounds)")
     p.add_argument("--steps-per-round", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="fresh model pairs (construction order alternates); rounds pool")
+    p.add_argument("--aa", action="store_true",
+                   help="A/A calibration: a second timm model in our slot (expect ratio 1)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--channels-last", action="store_true")
@@ -196,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"- date: {datetime.date.today().isoformat()}, torch {torch.__version__}, "
         f"python {platform.python_version()}, device {args.device}, "
-        f"threads {torch.get_num_threads()}, unit {args.unit}",
-        f"- batch {args.batch_size}, {args.image_size} px, {args.rounds} rounds x "
+        f"threads {torch.get_num_threads()}, unit {args.unit}"
+        + (", A/A calibration (timm vs timm)" if args.aa else ""),
+        f"- batch {args.batch_size}, {args.image_size} px, {args.repeats} x {args.rounds} rounds x "
         f"{args.steps_per_round} steps, warm-up {args.warmup}, channels_last "
         f"{args.channels_last}, amp(bf16) {args.amp}",
         "",
