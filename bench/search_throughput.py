@@ -5,8 +5,8 @@ trial gets one torch thread, no pruning) reports `images_per_s` per epoch (train
 `trials.training`); each trial's spec is then trained with `python -m trials.train` at the same
 image size, batch size, epochs, seed and `--threads 1`. Rounds alternate search and standalone
 (ABAB; every search replays the same seeded proposals) so drifting machine load hits both sides.
-Ray starts its workers at nice 15; the search here runs them at `--worker-niceness` (default 0,
-the standalone run's priority), so the comparison measures the framework, not the scheduler.
+Ray starts its workers at nice 15; `nas.search` starts them at nice 0 (the standalone run's
+priority) unless RAY_worker_niceness is set, which `--worker-niceness` does here.
 Per trial: median images/s over epochs >= 2 and rounds, search / standalone (the first epoch of a
 new network includes one-off kernel set-up); overall: the geometric mean over trials.
 
@@ -39,8 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--worker-niceness", type=int, default=0,
-                   help="RAY_worker_niceness for the search (Ray's own default is 15)")
+    p.add_argument("--worker-niceness", type=int, default=None,
+                   help="RAY_worker_niceness for the search (default: what nas.search uses, 0)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-throughput"))
     return p.parse_args(argv)
 
@@ -57,7 +57,8 @@ def search(args: argparse.Namespace, name: str) -> dict[str, dict[str, Any]]:
           "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
           "--seed", str(args.seed), "--pruner", "none", "--concurrency", "1",
           "--cpus-per-trial", "1", "--time-budget", "60m"],
-         env={"RAY_worker_niceness": str(args.worker_niceness)})
+         env=None if args.worker_niceness is None
+         else {"RAY_worker_niceness": str(args.worker_niceness)})
     out = {}
     for trial in sorted((args.out / name / "trials").iterdir()):
         curve = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]

@@ -4,6 +4,7 @@ or a bad config reported as FAIL without erroring the trial, and the CPU threads
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,11 +23,21 @@ BASE = {"spec": tiny_spec().to_json(), "image_size": 8, "train_fraction": 0.1, "
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_runner.connect(None, num_cpus=2)  # how the search starts a local Ray
     # Ray workers cannot import this test module by name: ship its functions by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
     ray.shutdown()
+
+
+def test_trials_run_at_normal_priority(ray_session) -> None:
+    """Ray's default worker niceness (15) would starve trials behind Ray's own daemons."""
+
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
 
 
 def flaky_trainable(config: dict) -> None:

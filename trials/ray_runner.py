@@ -205,6 +205,10 @@ def connect(address: str | None, num_cpus: int | None = None, verbose: bool = Fa
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(f"cannot connect to Ray at --address {address}: {err}") from None
     else:
+        # Ray starts its workers at nice 15, below the driver and Ray's own daemons: on a busy
+        # machine the trials (the only work that matters) would be the first to starve. Trials
+        # run at normal priority unless the user set RAY_worker_niceness.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
