@@ -145,8 +145,9 @@ def macs_range(image_size: int) -> tuple[float, float]:
 
     from nas.costs import static_costs
     from nas.experiment import ExperimentConfig
-    from nas.search import _Fixed, corner_specs
+    from nas.search import corner_specs
     from search_spaces import UserError, get_space
+    from search_spaces.resnest_space import AnswerTrial
 
     space = get_space("resnest")
     p = space.preset
@@ -167,7 +168,7 @@ def macs_range(image_size: int) -> tuple[float, float]:
                             f"s{i + 1}_cardinality": card, f"s{i + 1}_cardinality_plain": card,
                             f"s{i + 1}_width": max(p.width)})
         try:
-            spec = space.suggest(_Fixed(answers)).replace(num_classes=10, in_channels=1)
+            spec = space.suggest(AnswerTrial(answers)).replace(num_classes=10, in_channels=1)
             high = max(high, static_costs(spec, image_size).macs)
         except (UserError, KeyError):
             continue
