@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    print("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + " ".join(cmd), flush=True)
+    print("$ " + " ".join([f"{k}={v}" for k, v in (env or {}).items()] + cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
