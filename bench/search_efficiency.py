@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reduction-factor", type=int, default=None,
                    help="pruner eta (default: make_pruner's default)")
+    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=False,
+                   help="TPE strategies evaluate the space's cheapest corner first")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-efficiency"))
     p.add_argument("--plot", type=Path, default=Path("docs/search_efficiency.png"))
@@ -64,7 +66,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     from nas.controller import SearchController
     from nas.experiment import ExperimentConfig
     from nas.objectives import parse_objectives
-    from nas.search import cost_function
+    from nas.search import cheapest_corner, cost_function
     from nas.strategy import make_pruner, make_sampler
     from search_spaces import get_space
     from trials.trial import Trial
@@ -96,8 +98,10 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
                 "epochs": args.epochs, "seed": seed, "train_fraction": args.train_fraction,
                 **config.train}
 
-    ctrl = SearchController(config, exp, study, get_space("resnest"), objectives,
-                            cost_function(config), trial_config, log=lambda _: None)
+    space = get_space("resnest")
+    seeds = [cheapest_corner(space, config)] if args.anchor and sampler != "random" else []
+    ctrl = SearchController(config, exp, study, space, objectives, cost_function(config),
+                            trial_config, seed_specs=seeds, log=lambda _: None)
     low, high = macs_range(args.image_size)
     spent, history, started, train_s = 0, [(0, 0.0)], time.perf_counter(), 0.0
     while spent < args.budget and (proposal := ctrl.next_trial()) is not None:

@@ -24,6 +24,7 @@ from nas.objectives import Objective
 from nas.pareto import pareto_mask
 from nas.pareto_pruner import INTERMEDIATE_ATTR
 from nas.strategy import VIOLATIONS_ATTR
+from nas.study_mirror import StudyMirror
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
@@ -61,11 +62,14 @@ class SearchController:
         records: list[TrialRecord] = (),
         log: Callable[[str], None] = print,
     ) -> None:
-        self.config, self.exp, self.study, self.space = config, exp, study, space
+        # Optuna runs on an in-memory copy of a durable study, persisted a few times per trial.
+        self.mirror = StudyMirror.wrap(study)
+        self.study = self.mirror.study if self.mirror else study
+        self.config, self.exp, self.space = config, exp, space
         self.objectives, self.cost_fn, self.trial_config_fn, self.log = (
             objectives, cost_fn, trial_config_fn, log
         )
-        self.storage = study._storage  # Writes intermediate values that Trial.report refuses.
+        self.storage = self.study._storage  # For intermediate values Trial.report refuses.
         self.records: dict[str, TrialRecord] = {r.trial_id: r for r in records}
         self.live: dict[str, optuna.Trial] = {}
         self.pruned: dict[str, str] = {}
@@ -105,6 +109,7 @@ class SearchController:
                 costs = self.cost_fn(spec)
             except UserError as err:  # the builder refuses a point the space proposed
                 self.study.tell(trial, state=TrialState.FAIL)
+                self._persist(trial)
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec,
                                          reason=f"invalid architecture: {err}"))
                 continue
@@ -117,9 +122,11 @@ class SearchController:
             if any(v > 0 for v in violations):
                 reason = "; ".join(self._violation_text(costs))
                 self.study.tell(trial, self._values(0.0, costs))
+                self._persist(trial)
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec, costs,
                                          reason=reason))
                 continue
+            self._persist(trial)
             self.live[trial_id] = trial
             self._record(TrialRecord(trial_id, trial.number, "RUNNING", spec, costs))
             return trial_id, self.trial_config_fn(trial_id, spec, resume_from)
@@ -214,6 +221,7 @@ class SearchController:
             self.study.tell(trial, self._values(record.accuracy, record.costs))
         else:
             self.study.tell(trial, state=getattr(TrialState, state))
+        self._persist(trial)
         trial_dir = self.exp / "trials" / trial_id
         checkpoint = trial_dir / "checkpoint.pt"
         self._record(replace(
@@ -229,6 +237,10 @@ class SearchController:
             self.on_complete(trial_id, None)
 
     # Persistence and progress ----------------------------------------------------------------
+    def _persist(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+        if self.mirror is not None:
+            self.mirror.persist(trial._trial_id)
+
     def _record(self, record: TrialRecord) -> None:
         old = self.records.get(record.trial_id)
         if "COMPLETE" in (record.state, old.state if old else None):
@@ -243,6 +255,7 @@ class SearchController:
             trial_id = f"t{trial.number:04d}"
             record = self.records.get(trial_id)
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            self._persist(trial)
             if record is None:
                 continue
             checkpoint = self.exp / "trials" / trial_id / "checkpoint.pt"

@@ -181,6 +181,13 @@ def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec
     return specs
 
 
+def cheapest_corner(space: ResNeStSpace, config: ExperimentConfig) -> ArchSpec:
+    """The corner with the fewest MACs at the search's image size: evaluated first, it anchors
+    the cheap end of the front, which random proposals rarely reach in a space this wide."""
+    from nas.costs import static_costs
+
+    return min(corner_specs(space, config),
+               key=lambda s: (static_costs(s, config.image_size).macs, s.tag))
 
 
 def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any) -> None:

@@ -1,0 +1,87 @@
+"""An Optuna study sampled in memory and written to durable storage a few times per trial.
+
+Optuna's RDB storage commits every suggested parameter, attribute and state change in its own
+transaction: ~35 commits per trial in a 25-parameter space, which made SQLite the largest share
+of the framework's per-trial time (see docs/benchmarks.md, "Framework overhead at scale"). The
+search samples, prunes and tells against an in-memory copy instead, and `persist` writes a trial
+to the durable study in one transaction when it starts (parameters, costs, spec) and in one to
+three more when it ends (its intermediate accuracies, constraint values, state and values).
+
+The durable study stays the record: a resumed search loads it back into memory, trials that were
+running when the driver stopped are in it as RUNNING, and `analysis/` reads it as before. One
+search driver writes a study at a time (as before: trial numbers are the driver's).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+
+class StudyMirror:
+    """`study` is the in-memory working copy of `durable`; call `persist` after each change."""
+
+    def __init__(self, durable: optuna.Study) -> None:
+        self.durable = durable
+        self.study = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(), study_name=durable.study_name,
+            sampler=durable.sampler, pruner=durable.pruner, directions=durable.directions,
+        )
+        memory, study_id = self.study._storage, self.study._study_id
+        self._study_attrs = durable._storage.get_study_system_attrs(durable._study_id)
+        for key, value in self._study_attrs.items():
+            memory.set_study_system_attr(study_id, key, value)
+        for key, value in durable.user_attrs.items():
+            memory.set_study_user_attr(study_id, key, value)
+        self._durable_id: dict[int, int] = {}  # memory trial id -> durable trial id
+        self._written: dict[int, FrozenTrial] = {}  # memory trial id -> what durable holds
+        for trial in durable.get_trials(deepcopy=False):
+            copied = memory.create_new_trial(study_id, template_trial=trial)
+            self._durable_id[copied] = trial._trial_id
+            self._written[copied] = copy.deepcopy(trial)
+
+    @staticmethod
+    def wrap(study: optuna.Study) -> StudyMirror | None:
+        """A mirror for a study on durable storage; None for an in-memory study (nothing to save)."""
+        if isinstance(study._storage, optuna.storages.InMemoryStorage):
+            return None
+        return StudyMirror(study)
+
+    def persist(self, trial_id: int) -> None:
+        """Bring the durable copy of memory trial `trial_id` up to date (and the study's sampler
+        state), in as few transactions as the change needs."""
+        now = copy.deepcopy(self.study._storage.get_trial(trial_id))
+        storage = self.durable._storage
+        durable_id = self._durable_id.get(trial_id)
+        if durable_id is None:
+            self._durable_id[trial_id] = storage.create_new_trial(self.durable._study_id,
+                                                                  template_trial=now)
+        else:
+            old = self._written[trial_id]
+            for key, value in _changed(old.user_attrs, now.user_attrs):
+                storage.set_trial_user_attr(durable_id, key, value)
+            for key, value in _changed(old.system_attrs, now.system_attrs):
+                storage.set_trial_system_attr(durable_id, key, value)
+            for step, value in _changed(old.intermediate_values, now.intermediate_values):
+                storage.set_trial_intermediate_value(durable_id, step, value)
+            if now.state != old.state or now.values != old.values:
+                storage.set_trial_state_values(durable_id, now.state, now.values)
+        self._written[trial_id] = now
+        attrs = self.study._storage.get_study_system_attrs(self.study._study_id)
+        for key, value in _changed(self._study_attrs, attrs):
+            storage.set_study_system_attr(self.durable._study_id, key, value)
+        self._study_attrs = copy.deepcopy(attrs)
+
+
+def _changed(old: dict[Any, Any], new: dict[Any, Any]) -> list[tuple[Any, Any]]:
+    return [(k, v) for k, v in new.items() if k not in old or not _same(old[k], v)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
