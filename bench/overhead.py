@@ -50,8 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="reports per trial (pruner rung at 1)")
     p.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 1000],
                    help="study sizes for the sampler part")
-    p.add_argument("--storages", nargs="+", default=["memory", "sqlite", "sqlite-wal", "journal"],
-                   choices=("memory", "sqlite", "sqlite-wal", "journal"))
+    p.add_argument("--storages", nargs="+",
+                   default=["memory", "sqlite", "sqlite-wal", "journal", "mirror"],
+                   choices=("memory", "sqlite", "sqlite-wal", "journal", "mirror"),
+                   help="mirror: in memory, persisted to SQLite as the search does")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="search part: write the driver's cProfile stats here (top 40 printed)")
     p.add_argument("--repeats", type=int, default=20, help="ask/tell pairs timed per size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/bench-overhead"))
@@ -194,10 +198,22 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     ctrl.cost_fn = timed_costs
     start = time.perf_counter()
     marks.append((start, time.process_time(), 0.0, 0.0))
+    profiler = None
+    if args.profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     ray_runner.run_search(ctrl, storage_path=exp, cpus_per_trial=1, gpus_per_trial=0,
                               concurrency=1, max_failures=0, time_budget_s=36000,
                               trainable=TRAINABLES[args.trainable])
     wall = time.perf_counter() - start
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
     per_trial: dict[str, float] = {}
     for line in compute_log.read_text().splitlines():
         row = json.loads(line)
@@ -262,11 +278,13 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
                 cpu[name] = cpu.get(name, 0.0) + time.thread_time() - start
         return wrapper
 
-    study.ask = timed("optuna ask", study.ask)
+    ctrl.study.ask = timed("optuna ask", ctrl.study.ask)
     ctrl.space.suggest = timed("space.suggest (sampling)", ctrl.space.suggest)
     ctrl.cost_fn = timed("static costs", ctrl.cost_fn)
-    study.tell = timed("optuna tell", study.tell)
-    study.pruner.prune = timed("pruner", study.pruner.prune)
+    ctrl.study.tell = timed("optuna tell", ctrl.study.tell)
+    ctrl.study.pruner.prune = timed("pruner", ctrl.study.pruner.prune)
+    if ctrl.mirror is not None:  # the search's writes to SQLite (one per start, a few per end)
+        ctrl.mirror.persist = timed("persist to SQLite", ctrl.mirror.persist)
     ctrl.front = timed("front", ctrl.front)
     csv_writer = nas.controller.write_trials_csv
     nas.controller.write_trials_csv = timed("trials.csv", csv_writer)
@@ -312,13 +330,13 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
     space = get_space("resnest")
     rng = np.random.default_rng(args.seed)
     url: Any = None
-    if storage.startswith("sqlite"):
+    if storage.startswith("sqlite") or storage == "mirror":
         db = args.out / "sampler" / f"{name}-{size}.db"
         db.parent.mkdir(parents=True, exist_ok=True)
         for leftover in db.parent.glob(f"{db.name}*"):
             leftover.unlink()
         url = f"sqlite:///{db.resolve()}"
-        url = open_storage(url) if storage == "sqlite-wal" else url
+        url = open_storage(url) if storage in ("sqlite-wal", "mirror") else url
     elif storage == "journal":  # Optuna's append-only log file, for comparison
         log = args.out / "sampler" / f"{name}-{size}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -328,12 +346,20 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
     filled = optuna.create_study(directions=["maximize", "minimize"],
                                  sampler=optuna.samplers.RandomSampler(seed=args.seed))
 
+    mirror: Any = None
+
+    def persist(trial: optuna.Trial) -> None:
+        if mirror is not None:
+            mirror.persist(trial._trial_id)
+
     def one(study: optuna.Study) -> tuple[float, float]:
         start = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
+        persist(trial)
         asked = time.perf_counter()
         study.tell(trial, [float(rng.uniform(0.1, 1.0)), float(10 ** rng.uniform(5.7, 7.8))])
+        persist(trial)
         return asked - start, time.perf_counter() - asked
 
     for _ in range(size):  # random trials, copied (one commit each) into the storage under test
@@ -341,6 +367,11 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
     study = optuna.create_study(directions=["maximize", "minimize"], storage=url)
     study.add_trials(filled.trials)
     study.sampler = make_sampler(name, seed=args.seed, n_trials=size, constrained=False)
+    if storage == "mirror":
+        from nas.study_mirror import StudyMirror
+
+        mirror = StudyMirror(study)
+        study = mirror.study
     timings = [one(study) for _ in range(args.repeats)]
     return {"sampler": name, "storage": storage, "size": size,
             "ask_ms": 1e3 * statistics.median(t[0] for t in timings),

@@ -44,6 +44,7 @@ class ExperimentConfig:
     storage: str
     constraints: dict[str, float] = field(default_factory=dict)
     seed_points: tuple[str, ...] = ()
+    anchor: bool = True  # evaluate the space's cheapest corner first (searches with a cost)
     num_classes: int = 10
     in_channels: int = 1
     train: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +57,7 @@ class ExperimentConfig:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
+        data.setdefault("anchor", False)  # experiments from before the anchor resume without it
         for key in ("objectives", "seed_points"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-points", default="",
                    help="named points to evaluate first, comma separated")
+    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the space's cheapest corner first when an objective is a cost "
+                        "(anchors the cheap end of the front)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a trial lost with its worker")
     p.add_argument("--batch-size", type=int, default=64)
@@ -133,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
         image_size=args.image_size or smoke.get("image_size", 0), objectives=tuple(
             o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
-        constraints=constraints, seed_points=seed_points, train=train,
+        constraints=constraints, seed_points=seed_points, anchor=args.anchor, train=train,
     )
     runtime = {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
                "concurrency": args.concurrency, "address": args.address,
@@ -304,6 +307,8 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
     done = {r.spec.spec_hash for r in records}
     seeds = [adapt_to_task(named_point(n), config, space.preset.input_regime)
              for n in config.seed_points]
+    if config.anchor and any(o.name != "accuracy" for o in objectives):
+        seeds.append(cheapest_corner(space, config))
     seeds = [s for s in seeds if s.spec_hash not in done]
 
     def trial_config(trial_id: str, spec: ArchSpec, resume_from: str | None) -> dict[str, Any]:

@@ -14,6 +14,10 @@ from search_spaces.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "qmc")
 PRUNERS = ("pareto", "median", "sha", "hyperband", "none")
+# Pruner eta: the top 1/eta of each rung continue. 2 rather than ASHA's usual 3: on the
+# search-efficiency benchmark (docs/benchmarks.md, tuned on held-out seeds) eta 3 cut so many
+# trials at the first rung that the front was built from a handful of finished networks.
+DEFAULT_REDUCTION_FACTOR = 2
 # Where the search stores each trial's constraint violations (<= 0 means satisfied).
 VIOLATIONS_ATTR = "constraint_violations"
 
@@ -56,7 +60,8 @@ def make_sampler(
 
 
 def make_pruner(
-    name: str, objectives: Sequence[Objective], *, epochs: int, reduction_factor: int = 3
+    name: str, objectives: Sequence[Objective], *, epochs: int,
+    reduction_factor: int = DEFAULT_REDUCTION_FACTOR
 ) -> optuna.pruners.BasePruner:
     """The pruner for `objectives`.
 

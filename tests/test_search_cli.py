@@ -102,3 +102,62 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
     with pytest.raises(UserError):
         parse_duration("-3m")
+
+
+def _controller_for(tmp_path: Path, *flags: str):
+    """The controller `python -m nas.search` would build (no Ray, nothing trained)."""
+    import dataclasses
+
+    from nas import search
+    from nas.objectives import parse_objectives
+    from search_spaces import get_space
+
+    config, _ = search.config_from_args(search.build_parser().parse_args(
+        ["--out", str(tmp_path), "--image-size", "8", *flags]))
+    config = dataclasses.replace(config, image_size=8)
+    objectives = parse_objectives(list(config.objectives))
+    study = search.open_study(config, tmp_path, objectives, resume=False)
+    return search.make_controller(config, tmp_path, study, get_space(config.space), objectives,
+                                  search.cost_function(config), False), config
+
+
+@pytest.mark.parametrize(("flags", "anchored"), [
+    ((), True), (("--no-anchor",), False), (("--objectives", "accuracy"), False),
+    (("--objectives", "accuracy,params", "--sampler", "nsga2"), True),
+])
+def test_cost_aware_searches_evaluate_the_cheapest_corner_first(
+        tmp_path: Path, flags: tuple[str, ...], anchored: bool) -> None:
+    import numpy as np
+
+    from nas.costs import static_costs
+    from nas.search import cheapest_corner, corner_specs
+    from search_spaces import get_space
+
+    ctrl, config = _controller_for(tmp_path, *flags)
+    space = get_space(config.space)
+    corner = cheapest_corner(space, config)
+    macs = static_costs(corner, 8).macs
+    assert macs == min(static_costs(s, 8).macs for s in corner_specs(space, config))
+    rng = np.random.default_rng(0)
+    assert all(macs <= static_costs(space.sample(rng).replace(num_classes=10, in_channels=1), 8)
+               .macs for _ in range(20))
+    trial_id, _ = ctrl.next_trial()
+    first = ctrl.records[trial_id].spec
+    assert (first.spec_hash == corner.spec_hash) is anchored
+    assert config.anchor is ("--no-anchor" not in flags)
+
+
+def test_experiments_from_before_the_anchor_resume_without_it() -> None:
+    import json
+
+    from nas.experiment import ExperimentConfig
+
+    config = ExperimentConfig(name="x", space="resnest", preset="small", data="digits",
+                              image_size=8, objectives=("accuracy", "macs"), epochs=1, trials=1,
+                              time_budget_s=1.0, sampler="tpe", pruner="pareto", seed=0,
+                              storage="")
+    assert config.anchor
+    stored = json.loads(config.to_json())
+    assert ExperimentConfig.from_json(json.dumps(stored)).anchor
+    del stored["anchor"]
+    assert not ExperimentConfig.from_json(json.dumps(stored)).anchor
