@@ -207,6 +207,7 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     ray_runner.run_search(ctrl, storage_path=exp, cpus_per_trial=1, gpus_per_trial=0,
                               concurrency=1, max_failures=0, time_budget_s=36000,
                               trainable=TRAINABLES[args.trainable])
+    ctrl.flush()
     wall = time.perf_counter() - start
     if profiler is not None:
         import pstats

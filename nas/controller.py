@@ -241,6 +241,11 @@ class SearchController:
         if self.mirror is not None:
             self.mirror.persist(trial._trial_id)
 
+    def flush(self) -> None:
+        """Wait for the study's background writes (call before the driver exits)."""
+        if self.mirror is not None:
+            self.mirror.flush()
+
     def _record(self, record: TrialRecord) -> None:
         old = self.records.get(record.trial_id)
         if "COMPLETE" in (record.state, old.state if old else None):
@@ -251,6 +256,8 @@ class SearchController:
     def _recover_interrupted(self) -> None:
         """After a driver crash, trials left RUNNING are closed as FAIL and queued to run again
         (continuing from their last checkpoint); finished trials are kept as they are."""
+        if self.mirror is not None and self.records:  # starts lost with the driver's writer
+            self.mirror.pad_to(max(r.number for r in self.records.values()) + 1)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial_id = f"t{trial.number:04d}"
             record = self.records.get(trial_id)
@@ -264,9 +271,12 @@ class SearchController:
                 record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
             )
         for record in list(self.records.values()):
-            if record.state == "RUNNING":  # csv row whose study trial was already closed
-                self.records[record.trial_id] = replace(record, state="FAIL",
-                                                        reason="interrupted (driver stopped)")
+            if record.state == "RUNNING":  # its start never reached the study (or was closed)
+                checkpoint = self.exp / "trials" / record.trial_id / "checkpoint.pt"
+                self.queue.append((record.spec, str(checkpoint) if checkpoint.exists() else None))
+                self.records[record.trial_id] = replace(
+                    record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
+                )
         if self.records:
             write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 

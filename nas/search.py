@@ -272,10 +272,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             verbose=runtime["verbose"],
         )
     except KeyboardInterrupt:
+        controller.flush()
         print(f"interrupted; continue with: python -m nas.search --out {args.out} "
               f"--name {config.name} --resume", file=sys.stderr)
         return 130
     controller.close_live("stopped at the end of the search")
+    controller.flush()
     print_front(controller, objectives)
     return 0
 

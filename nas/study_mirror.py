@@ -7,6 +7,12 @@ search samples, prunes and tells against an in-memory copy instead, and `persist
 to the durable study in one transaction when it starts (parameters, costs, spec) and in one to
 three more when it ends (its intermediate accuracies, constraint values, state and values).
 
+The start is still ~60 ORM statements (Optuna checks each parameter's distribution), so it is
+written by a background thread while the trial trains; every later write waits for it, so the
+durable study never records a trial's end before its start. A driver killed in between leaves
+a trial out of the durable study: `pad_to` re-aligns trial numbers on resume (see
+`SearchController`), where trials.csv, written synchronously, still has the trial.
+
 The durable study stays the record: a resumed search loads it back into memory, trials that were
 running when the driver stopped are in it as RUNNING, and `analysis/` reads it as before. One
 search driver writes a study at a time (as before: trial numbers are the driver's).
@@ -16,10 +22,12 @@ from __future__ import annotations
 
 import copy
 import math
+import queue
+import threading
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 
 class StudyMirror:
@@ -43,6 +51,19 @@ class StudyMirror:
             copied = memory.create_new_trial(study_id, template_trial=trial)
             self._durable_id[copied] = trial._trial_id
             self._written[copied] = copy.deepcopy(trial)
+        self._queue: queue.Queue[tuple[int, FrozenTrial, dict[str, Any]]] = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer: threading.Thread | None = None
+        self._queued: set[int] = set()  # trials whose start went to the writer
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (Ray pickles the searcher that holds the controller): the writer thread
+        and its queue stay behind, after a flush so nothing pending is left out."""
+        self.flush()
+        return {k: v for k, v in self.__dict__.items() if k not in ("_queue", "_writer")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _queue=queue.Queue(), _writer=None)
 
     @staticmethod
     def wrap(study: optuna.Study) -> StudyMirror | None:
@@ -53,8 +74,56 @@ class StudyMirror:
 
     def persist(self, trial_id: int) -> None:
         """Bring the durable copy of memory trial `trial_id` up to date (and the study's sampler
-        state), in as few transactions as the change needs."""
+        state), in as few transactions as the change needs. A trial's start is written in the
+        background; anything else waits for earlier writes, then writes before returning."""
         now = copy.deepcopy(self.study._storage.get_trial(trial_id))
+        attrs = copy.deepcopy(self.study._storage.get_study_system_attrs(self.study._study_id))
+        started = trial_id not in self._durable_id and trial_id not in self._queued
+        if now.state == TrialState.RUNNING and started:
+            self._check()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name="study-mirror",
+                                                daemon=True)
+                self._writer.start()
+            self._queued.add(trial_id)
+            self._queue.put((trial_id, now, attrs))
+            return
+        self.flush()
+        self._write(trial_id, now, attrs)
+
+    def flush(self) -> None:
+        """Wait until every queued write is in the durable study; re-raise a failed write."""
+        self._queue.join()
+        self._check()
+
+    def pad_to(self, count: int) -> None:
+        """Add FAIL trials until both studies hold `count` trials (numbers the driver handed out
+        before it stopped, whose start never reached the durable study)."""
+        while len(self.study._storage.get_all_trials(self.study._study_id, deepcopy=False)) < count:
+            trial_id = self.study._storage.create_new_trial(self.study._study_id)
+            self.study._storage.set_trial_user_attr(
+                trial_id, "lost", "the driver stopped before this trial reached the study")
+            self.study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            self.persist(trial_id)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"writing the study to {self.durable._storage} failed: "
+                               f"{error}") from error
+
+    def _drain(self) -> None:
+        while True:
+            trial_id, now, attrs = self._queue.get()
+            try:
+                if self._error is None:
+                    self._write(trial_id, now, attrs)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the driver by _check
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _write(self, trial_id: int, now: FrozenTrial, attrs: dict[str, Any]) -> None:
         storage = self.durable._storage
         durable_id = self._durable_id.get(trial_id)
         if durable_id is None:
@@ -71,10 +140,9 @@ class StudyMirror:
             if now.state != old.state or now.values != old.values:
                 storage.set_trial_state_values(durable_id, now.state, now.values)
         self._written[trial_id] = now
-        attrs = self.study._storage.get_study_system_attrs(self.study._study_id)
         for key, value in _changed(self._study_attrs, attrs):
             storage.set_study_system_attr(self.durable._study_id, key, value)
-        self._study_attrs = copy.deepcopy(attrs)
+        self._study_attrs = attrs
 
 
 def _changed(old: dict[Any, Any], new: dict[Any, Any]) -> list[tuple[Any, Any]]:

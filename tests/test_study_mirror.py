@@ -13,7 +13,7 @@ from sqlalchemy import event
 from test_pruning import _config, _fake_costs, _learning_curve
 
 from nas.controller import SearchController
-from nas.experiment import open_storage
+from nas.experiment import open_storage, read_trials_csv
 from nas.objectives import parse_objectives
 from nas.strategy import SAMPLERS, make_pruner, make_sampler
 from search_spaces import get_space
@@ -30,11 +30,11 @@ def _durable(tmp_path: Path, sampler: str, seed: int = 0) -> optuna.Study:
     )
 
 
-def _controller(tmp_path: Path, study: optuna.Study) -> SearchController:
+def _controller(tmp_path: Path, study: optuna.Study, records: list = ()) -> SearchController:
     config = _config(epochs=4, trials=40, constraints={"max_macs": 30000.0})
     return SearchController(config, tmp_path, study, get_space("resnest"), OBJECTIVES,
                             _fake_costs, lambda tid, spec, resume: {"trial_id": tid},
-                            log=lambda _: None)
+                            records=records, log=lambda _: None)
 
 
 def _run(ctrl: SearchController, n: int) -> None:
@@ -72,6 +72,7 @@ def test_durable_study_equals_the_in_memory_one(tmp_path: Path, sampler: str) ->
     ctrl = _controller(tmp_path, _durable(tmp_path, sampler))
     assert isinstance(ctrl.study._storage, optuna.storages.InMemoryStorage)
     _run(ctrl, 10)
+    ctrl.flush()
     memory, durable = ctrl.study, _reloaded(tmp_path)
     states = {t.state for t in memory.trials}
     assert TrialState.COMPLETE in states and len(memory.trials) >= 10
@@ -86,6 +87,7 @@ def test_a_trial_costs_a_few_commits_not_one_per_parameter(tmp_path: Path) -> No
     event.listen(study._storage._backend.engine, "commit", lambda conn: commits.append(1))
     ctrl = _controller(tmp_path, study)
     _run(ctrl, 10)
+    ctrl.flush()
     trials = len(ctrl.study.trials)
     # Creation (params, costs, spec) is one transaction; the end is intermediate accuracies,
     # constraint values and state, plus the odd read. Optuna's own path took ~50 per trial here
@@ -97,6 +99,7 @@ def test_resume_reloads_the_study_and_fails_the_interrupted_trial(tmp_path: Path
     first = _controller(tmp_path, _durable(tmp_path, "tpe"))
     _run(first, 6)
     interrupted, _ = first.next_trial()  # the driver dies while this one trains
+    first.flush()
     number = first.records[interrupted].number
     assert _reloaded(tmp_path).trials[number].state == TrialState.RUNNING
     before = len(first.study.trials)
@@ -106,6 +109,41 @@ def test_resume_reloads_the_study_and_fails_the_interrupted_trial(tmp_path: Path
     assert again.study.trials[number].state == TrialState.FAIL
     assert _reloaded(tmp_path).trials[number].state == TrialState.FAIL
     _run(again, 3)
+    again.flush()
     memory, durable = again.study, _reloaded(tmp_path)
     assert len(memory.trials) >= before + 3
     assert [_content(t) for t in durable.trials] == [_content(t) for t in memory.trials]
+
+
+def test_a_start_lost_with_the_driver_is_padded_and_the_trial_rerun(tmp_path: Path) -> None:
+    first = _controller(tmp_path, _durable(tmp_path, "tpe"))
+    _run(first, 4)
+    first.flush()
+    first.mirror._queue.put = lambda item: None  # the driver dies before its writer runs
+    lost, _ = first.next_trial()
+    lost_record = first.records[lost]
+    assert len(_reloaded(tmp_path).trials) == lost_record.number  # the study never saw it
+
+    again = _controller(tmp_path, _durable(tmp_path, "tpe", seed=1), read_trials_csv(tmp_path))
+    again.flush()
+    padded = again.study.trials[lost_record.number]
+    assert padded.state == TrialState.FAIL and "lost" in padded.user_attrs
+    assert again.records[lost].state == "FAIL" and "re-queued" in again.records[lost].reason
+    rerun, _ = again.next_trial()  # numbers stay aligned with trials.csv; the spec runs again
+    assert again.records[rerun].number == lost_record.number + 1
+    assert again.records[rerun].spec == lost_record.spec
+    again.flush()
+    assert [_content(t) for t in _reloaded(tmp_path).trials] == [
+        _content(t) for t in again.study.trials]
+
+
+def test_a_failed_background_write_stops_the_search_with_its_cause(tmp_path: Path) -> None:
+    ctrl = _controller(tmp_path, _durable(tmp_path, "tpe"))
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    ctrl.mirror.durable._storage.create_new_trial = refuse
+    ctrl.next_trial()
+    with pytest.raises(RuntimeError, match="disk full"):
+        ctrl.flush()

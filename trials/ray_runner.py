@@ -244,6 +244,15 @@ def run_search(
     if not verbose:  # Our progress lines replace Ray's tables and sync warnings.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Per-trial overhead (docs/benchmarks.md): Ray's own result loggers (json, csv, TensorBoard
+    # per trial) duplicate trials.csv and the trials' metrics files, and its experiment-state
+    # snapshots serve `Tuner.restore`, which --resume does not use (it rebuilds from the study
+    # and trials.csv): by default Ray re-serialises every trial's state up to ~5% of the time,
+    # a cost that grows with the search. Both stay available through Ray's own variables.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":  # fit()'s ResultGrid misses them
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     searcher = _ControllerSearcher(controller)
     trainable = tune.with_resources(
         trainable or ray_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
