@@ -9,16 +9,29 @@ from typing import Any
 import numpy as np
 
 LABELS = {"default": "(a) TPE + pareto pruner", "random": "(b) random, no pruning",
-          "tpe_sha": "(c) TPE + accuracy-only SHA"}
+          "tpe_sha": "(c) TPE + accuracy-only SHA",
+          "default_noanchor": "(a') as (a), no anchor", "tpe_sha_noanchor": "(c') as (c), no anchor"}
 GOOD = 0.85  # "useful" accuracy for the cheap-end statement
 
 
-def load_runs(out: Path, strategies: list[str]) -> dict[str, list[dict[str, Any]]]:
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
+def run_key(run: dict[str, Any]) -> str:
+    """Strategy name, suffixed `_noanchor` for a TPE run without the cheapest-corner anchor."""
+    if run.get("anchor") is False and run.get("sampler") != "random":
+        return f"{run['strategy']}_noanchor"
+    return run["strategy"]
+
+
+def load_runs(out: Path, strategies: list[str] | None) -> dict[str, list[dict[str, Any]]]:
+    """Runs in `out` by strategy key (all of them when `strategies` is None), seed order."""
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies or LABELS}
     for path in sorted(out.glob("*-s*.json")):
         run = json.loads(path.read_text())
-        if run["strategy"] in runs:
-            runs[run["strategy"]].append(run)
+        if strategies is None:
+            runs.setdefault(run_key(run), [])
+        if run_key(run) in runs:
+            runs[run_key(run)].append(run)
+    for rs in runs.values():
+        rs.sort(key=lambda r: r["seed"])
     return runs
 
 
@@ -35,7 +48,7 @@ def first_epoch(values: np.ndarray, target: float) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def report(out: Path, plot: Path, strategies: list[str]) -> str:
+def report(out: Path, plot: Path, strategies: list[str] | None) -> str:
     """Markdown summary of the runs in `out`; writes the plot."""
     runs = {s: r for s, r in load_runs(out, strategies).items() if r}
     budget = min(run["budget"] for rs in runs.values() for run in rs)

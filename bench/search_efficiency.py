@@ -76,7 +76,8 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = STRATEGIES[strategy]
-    exp = args.out / f"{strategy}-s{seed}"
+    name = strategy if args.anchor or sampler == "random" else f"{strategy}_noanchor"
+    exp = args.out / f"{name}-s{seed}"
     exp.mkdir(parents=True, exist_ok=True)
     # trials is a cap that never binds (every trial costs >= 1 epoch); the sampler's start-up
     # size is what the search CLI would give for the number of full trials the budget buys.
@@ -133,7 +134,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
         "front": [_summary(r) for r in ctrl.front()],
         "trials": [_summary(r) for r in ctrl.records.values()],
     }
-    path = args.out / f"{strategy}-s{seed}.json"
+    path = args.out / f"{name}-s{seed}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"{strategy} seed {seed}: {spent} epochs, hv {history[-1][1]:.4f}, "
           f"{result['counts']}, {result['wall_s']:.0f}s", flush=True)
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 future.result()
     from efficiency_report import report
 
-    print(report(args.out, args.plot, args.strategies))
+    # --report-only reports every run in --out (ablations without the anchor included).
+    print(report(args.out, args.plot, None if args.report_only else args.strategies))
     return 0
 
 

@@ -1,11 +1,12 @@
 """An Optuna study sampled in memory and written to durable storage a few times per trial.
 
 Optuna's RDB storage commits every suggested parameter, attribute and state change in its own
-transaction: ~35 commits per trial in a 25-parameter space, which made SQLite the largest share
-of the framework's per-trial time (see docs/benchmarks.md, "Framework overhead at scale"). The
-search samples, prunes and tells against an in-memory copy instead, and `persist` writes a trial
-to the durable study in one transaction when it starts (parameters, costs, spec) and in one to
-three more when it ends (its intermediate accuracies, constraint values, state and values).
+transaction: ~50 per trial in a 25-parameter space (tests/test_study_mirror.py counts them),
+which made SQLite the largest share of the framework's per-trial time (docs/benchmarks.md,
+"Framework overhead at scale"). The search samples, prunes and tells against an in-memory copy
+instead, and `persist` writes a trial to the durable study in one transaction when it starts
+(parameters, costs, spec) and in one to three more when it ends (its intermediate accuracies,
+constraint values, state and values).
 
 The start is still ~60 ORM statements (Optuna checks each parameter's distribution), so it is
 written by a background thread while the trial trains; every later write waits for it, so the

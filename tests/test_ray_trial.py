@@ -89,3 +89,19 @@ def test_trainable_in_a_real_tuner(ray_session, tmp_path: Path) -> None:
 
     bad = results["bad"]  # a user error is a FAIL result too: retrying it would be waste
     assert bad.metrics["state"] == "FAIL" and "image size 4 is too small" in bad.metrics["reason"]
+
+
+def test_a_search_trial_retries_from_its_own_checkpoint(ray_session, tmp_path: Path) -> None:
+    """With a trial_dir (as every search trial has) Ray gets no checkpoint copies; a crashed
+    trial's retry continues from trial_dir/checkpoint.pt instead of redoing its epochs."""
+    trial_dir = tmp_path / "t0000"
+    space = {**BASE, "_case": "crash", "_marker": str(tmp_path / "crashed"),
+             "trial_dir": str(trial_dir)}
+    grid = ray_runner.run_tuner(space, storage_path=tmp_path / "ray", name="t", max_failures=1,
+                                trainable=flaky_trainable)
+    (result,) = list(grid)
+    assert result.error is None and (tmp_path / "crashed").exists()
+    assert result.metrics["epoch"] == 2 and result.metrics["state"] == "COMPLETE"
+    assert (tmp_path / "crashed.epochs").read_text().split() == ["1", "2"]
+    assert result.checkpoint is None and not list((tmp_path / "ray").rglob("checkpoint_*"))
+    assert load_checkpoint(trial_dir / "checkpoint.pt")["epoch"] == 2

@@ -72,6 +72,12 @@ def test_multi_objective_search_records_every_trial(mo_search: tuple[Path, str])
     assert front_ids
     states = {r.trial_id: r.state for r in records}
     assert all(states[t] == "COMPLETE" for t in front_ids)
+    # Ray keeps no per-trial result logs or checkpoint copies: trials.csv and each trial's own
+    # files (its checkpoint is what a retry continues from) replace them.
+    ray_dir = exp / "ray"
+    assert not [p for p in ray_dir.rglob("*") if p.name in ("result.json", "progress.csv")
+                or p.name.startswith(("events.out", "checkpoint_"))]
+    assert all((exp / "trials" / r.trial_id / "checkpoint.pt").is_file() for r in trained)
 
 
 @pytest.mark.slow

@@ -52,17 +52,25 @@ def run_trial(config: dict[str, Any], *, report: Callable[..., None],
               get_checkpoint: Callable[[], Any]) -> None:
     """The trainable's body with Ray's session calls passed in (tests wrap `report`).
 
-    Resumes from Ray's checkpoint when it has one (a retried or restored trial), else from
-    config["resume_from"]. A non-finite loss or a user error is reported once as state FAIL with
-    `failed`/`reason` and the trial returns normally: retrying a deterministic failure is waste.
+    With a `trial_dir` (every search trial), the trial's own checkpoint there, written every
+    epoch, is what a retry continues from, and results go to Ray without a checkpoint: Ray's copy
+    would duplicate it, and with `num_to_keep` Ray snapshots its whole experiment state at every
+    checkpoint, a per-epoch cost that grows with the search (docs/benchmarks.md). Without one,
+    results carry a Ray checkpoint and a retry continues from it. Otherwise the trial starts
+    from config["resume_from"] (or from scratch). A non-finite loss or a user error is reported
+    once as state FAIL with `failed`/`reason` and the trial returns normally: retrying a
+    deterministic failure is waste.
     """
     threads, device = assigned_resources()
     torch.set_num_threads(threads)
     state = None
+    own = Path(config["trial_dir"]) / "checkpoint.pt" if config.get("trial_dir") else None
     checkpoint = get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory) / "checkpoint.pt")
+    elif own is not None and own.is_file():  # a retry after the worker (or its node) was lost
+        state = load_checkpoint(own)
     try:
         trial = Trial(config, checkpoint=state, device=device, threads=threads)
     except (UserError, torch.OutOfMemoryError) as err:
@@ -75,6 +83,9 @@ def run_trial(config: dict[str, Any], *, report: Callable[..., None],
     try:
         for metrics in trial.run():
             metrics.update(threads=threads, device=device)
+            if own is not None:
+                report(metrics)
+                continue
             with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
                 trial.save(directory)
                 report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
