@@ -3,7 +3,8 @@
 (i) `search`: the real search path (`nas.search` config and study on SQLite, SearchController
     with real static costs, `trials.ray_runner.run_search` on Ray Tune, one trial at a time,
     2 epochs so the pareto pruner acts at its rung) with a trainable that does one tiny step
-    per epoch and reports with a checkpoint like the real one (`--trainable real`: the real
+    per epoch, writes its checkpoint to the trial directory and reports, like the real one in
+    a search (`--trainable real`: the real
     `run_trial` on 2% of digits at 8 px). Per trial: framework seconds = (search wall seconds -
     in-trial compute) / trials, in-trial compute being the trainable's own time outside
     `tune.report`. The controller's share (Optuna ask/tell, static costs, pruner, trials.csv,
@@ -86,14 +87,13 @@ class _Clock:
 
 def tiny_trainable(config: dict[str, Any]) -> None:
     """One tiny SGD step per epoch (a 4->2 linear layer on 2 samples) and, like the real
-    trainable, a report with a checkpoint directory every epoch. Accuracy is made up (stable per
-    trial), so the pruner still prunes."""
-    import tempfile
-
+    trainable in a search, a checkpoint written to the trial's directory and a report every
+    epoch. Accuracy is made up (stable per trial), so the pruner still prunes."""
     import torch
-    from ray import tune
 
     clock = _Clock(config)
+    trial_dir = Path(config["trial_dir"])
+    trial_dir.mkdir(parents=True, exist_ok=True)
     final = 0.3 + 0.7 * (zlib.crc32(config["trial_dir"].encode()) % 1000) / 1000
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -104,9 +104,9 @@ def tiny_trainable(config: dict[str, Any]) -> None:
         opt.step()
         metrics = {"epoch": epoch, "train_loss": float(loss), "val_top1": final * epoch /
                    config["epochs"], "epoch_seconds": 0.0, "images_per_s": 0.0, "lr": 0.1}
-        with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
-            torch.save(model.state_dict(), Path(directory) / "checkpoint.pt")
-            clock.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        torch.save(model.state_dict(), trial_dir / "checkpoint.tmp")
+        os.replace(trial_dir / "checkpoint.tmp", trial_dir / "checkpoint.pt")
+        clock.report(metrics)
 
 
 def real_trainable(config: dict[str, Any]) -> None:
