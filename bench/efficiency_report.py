@@ -130,7 +130,9 @@ def _plot(curves: dict[str, np.ndarray], plot: Path, budget: int) -> None:
     x = np.arange(budget + 1)
     for s, c in curves.items():
         mean, std = c.mean(axis=0), _std(c)
-        ax.plot(x, mean, label=f"{LABELS.get(s, s)} (n={len(c)})")
+        ax.plot(x, mean, label=f"{LABELS.get(s, s)} (n={len(c)})",
+                lw=2.4 if s == "default" else 1.4, zorder=3 if s == "default" else 2,
+                ls="--" if s.endswith("_noanchor") else "-")
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("training epochs spent (all trials)")
     ax.set_ylabel("hypervolume (accuracy x log10 MACs), normalised")

@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="search part: write the driver's cProfile stats here (top 40 printed)")
     p.add_argument("--repeats", type=int, default=20, help="ask/tell pairs timed per size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="tpe", help="search part: the search's --sampler")
     p.add_argument("--out", type=Path, default=Path("runs/bench-overhead"))
     return p.parse_args(argv)
 
@@ -162,11 +163,12 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     from trials.data import load_data
 
     out = args.out / "search"
-    shutil.rmtree(out / f"n{n}", ignore_errors=True)
+    name = f"n{n}" if args.sampler == "tpe" else f"n{n}-{args.sampler}"
+    shutil.rmtree(out / name, ignore_errors=True)
     cli = search.build_parser().parse_args([
-        "--out", str(out), "--name", f"n{n}", "--trials", str(n), "--epochs", str(args.epochs),
+        "--out", str(out), "--name", name, "--trials", str(n), "--epochs", str(args.epochs),
         "--image-size", "8", "--time-budget", "10h", "--concurrency", "1",
-        "--seed", str(args.seed)])
+        "--seed", str(args.seed), "--sampler", args.sampler])
     config, runtime = search.config_from_args(cli)
     exp = search.prepare_directory(out, config.name, False)
     data = load_data(config.data, config.image_size, include_test=False)
@@ -221,7 +223,8 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
         per_trial[row["trial"]] = row["compute_s"]
     compute, trained = sum(per_trial.values()), len(per_trial)
     return {
-        "trials": n, "trained": trained, "counts": ctrl.counts(), "wall_s": wall,
+        "trials": n, "sampler": args.sampler, "trained": trained, "counts": ctrl.counts(),
+        "wall_s": wall,
         "trainable": args.trainable, "compute_s": compute,
         "framework_s_per_trial": (wall - compute) / max(trained, 1),
         "controller_s_per_trial": sum(spent.get(k, 0.0) for k in METHODS) / max(trained, 1),
