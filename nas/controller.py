@@ -256,8 +256,9 @@ class SearchController:
     def _recover_interrupted(self) -> None:
         """After a driver crash, trials left RUNNING are closed as FAIL and queued to run again
         (continuing from their last checkpoint); finished trials are kept as they are."""
-        if self.mirror is not None and self.records:  # starts lost with the driver's writer
-            self.mirror.pad_to(max(r.number for r in self.records.values()) + 1)
+        lost: list[int] = []  # trials whose start was lost with the driver's study writer
+        if self.mirror is not None and self.records:
+            lost = self.mirror.pad_to(max(r.number for r in self.records.values()) + 1)
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial_id = f"t{trial.number:04d}"
             record = self.records.get(trial_id)
@@ -271,12 +272,15 @@ class SearchController:
                 record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
             )
         for record in list(self.records.values()):
-            if record.state == "RUNNING":  # its start never reached the study (or was closed)
+            if record.state == "RUNNING" and record.number in lost:
                 checkpoint = self.exp / "trials" / record.trial_id / "checkpoint.pt"
                 self.queue.append((record.spec, str(checkpoint) if checkpoint.exists() else None))
                 self.records[record.trial_id] = replace(
                     record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
                 )
+            elif record.state == "RUNNING":  # csv row whose study trial was already closed
+                self.records[record.trial_id] = replace(record, state="FAIL",
+                                                        reason="interrupted (driver stopped)")
         if self.records:
             write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 

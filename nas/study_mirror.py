@@ -97,15 +97,18 @@ class StudyMirror:
         self._queue.join()
         self._check()
 
-    def pad_to(self, count: int) -> None:
+    def pad_to(self, count: int) -> list[int]:
         """Add FAIL trials until both studies hold `count` trials (numbers the driver handed out
-        before it stopped, whose start never reached the durable study)."""
+        before it stopped, whose start never reached the durable study); their numbers."""
+        padded = []
         while len(self.study._storage.get_all_trials(self.study._study_id, deepcopy=False)) < count:
             trial_id = self.study._storage.create_new_trial(self.study._study_id)
+            padded.append(self.study._storage.get_trial(trial_id).number)
             self.study._storage.set_trial_user_attr(
                 trial_id, "lost", "the driver stopped before this trial reached the study")
             self.study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
             self.persist(trial_id)
+        return padded
 
     def _check(self) -> None:
         if self._error is not None:
