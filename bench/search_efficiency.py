@@ -64,6 +64,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     """One search run; writes OUT/STRATEGY-sSEED.json and returns its path."""
     import optuna
     import torch
+    from efficiency_report import run_key
 
     from nas.controller import SearchController
     from nas.experiment import ExperimentConfig
@@ -76,7 +77,8 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = STRATEGIES[strategy]
-    name = strategy if args.anchor or sampler == "random" else f"{strategy}_noanchor"
+    anchored = args.anchor and sampler != "random"
+    name = run_key({"strategy": strategy, "sampler": sampler, "anchor": anchored})
     exp = args.out / f"{name}-s{seed}"
     exp.mkdir(parents=True, exist_ok=True)
     # trials is a cap that never binds (every trial costs >= 1 epoch); the sampler's start-up
@@ -102,7 +104,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
                 **config.train}
 
     space = get_space("resnest")
-    seeds = [cheapest_corner(space, config)] if args.anchor and sampler != "random" else []
+    seeds = [cheapest_corner(space, config)] if anchored else []
     ctrl = SearchController(config, exp, study, space, objectives, cost_function(config),
                             trial_config, seed_specs=seeds, log=lambda _: None)
     low, high = macs_range(args.image_size)

@@ -222,12 +222,8 @@ class SearchController:
         else:
             self.study.tell(trial, state=getattr(TrialState, state))
         self._persist(trial)
-        trial_dir = self.exp / "trials" / trial_id
-        checkpoint = trial_dir / "checkpoint.pt"
-        self._record(replace(
-            record, state=state, reason=reason, seconds=seconds,
-            checkpoint=str(checkpoint) if checkpoint.exists() else None,
-        ))
+        self._record(replace(record, state=state, reason=reason, seconds=seconds,
+                             checkpoint=self._checkpoint_of(trial_id)))
         self._progress_line(self.records[trial_id])
 
     def close_live(self, reason: str) -> None:
@@ -264,25 +260,28 @@ class SearchController:
             record = self.records.get(trial_id)
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             self._persist(trial)
-            if record is None:
-                continue
-            checkpoint = self.exp / "trials" / trial_id / "checkpoint.pt"
-            self.queue.append((record.spec, str(checkpoint) if checkpoint.exists() else None))
-            self.records[trial_id] = replace(
-                record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
-            )
+            if record is not None:
+                self._requeue(record)
         for record in list(self.records.values()):
             if record.state == "RUNNING" and record.number in lost:
-                checkpoint = self.exp / "trials" / record.trial_id / "checkpoint.pt"
-                self.queue.append((record.spec, str(checkpoint) if checkpoint.exists() else None))
-                self.records[record.trial_id] = replace(
-                    record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
-                )
+                self._requeue(record)
             elif record.state == "RUNNING":  # csv row whose study trial was already closed
                 self.records[record.trial_id] = replace(record, state="FAIL",
                                                         reason="interrupted (driver stopped)")
         if self.records:
             write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
+
+    def _requeue(self, record: TrialRecord) -> None:
+        """Record an interrupted trial as FAIL and queue its spec to run again from its last
+        checkpoint."""
+        self.queue.append((record.spec, self._checkpoint_of(record.trial_id)))
+        self.records[record.trial_id] = replace(
+            record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
+        )
+
+    def _checkpoint_of(self, trial_id: str) -> str | None:
+        checkpoint = self.exp / "trials" / trial_id / "checkpoint.pt"
+        return str(checkpoint) if checkpoint.exists() else None
 
     def front(self) -> list[TrialRecord]:
         """Completed trials on the Pareto front of the experiment's objectives."""

@@ -100,13 +100,13 @@ class StudyMirror:
     def pad_to(self, count: int) -> list[int]:
         """Add FAIL trials until both studies hold `count` trials (numbers the driver handed out
         before it stopped, whose start never reached the durable study); their numbers."""
-        padded = []
-        while len(self.study._storage.get_all_trials(self.study._study_id, deepcopy=False)) < count:
-            trial_id = self.study._storage.create_new_trial(self.study._study_id)
-            padded.append(self.study._storage.get_trial(trial_id).number)
-            self.study._storage.set_trial_user_attr(
+        memory, study_id = self.study._storage, self.study._study_id
+        padded = list(range(len(memory.get_all_trials(study_id, deepcopy=False)), count))
+        for _ in padded:  # trial numbers are assigned in order of creation
+            trial_id = memory.create_new_trial(study_id)
+            memory.set_trial_user_attr(
                 trial_id, "lost", "the driver stopped before this trial reached the study")
-            self.study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            memory.set_trial_state_values(trial_id, TrialState.FAIL)
             self.persist(trial_id)
         return padded
 

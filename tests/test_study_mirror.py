@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
-from test_pruning import _config, _fake_costs, _learning_curve
+from test_pruning import _config, _fake_costs, _simulate
 
 from nas.controller import SearchController
 from nas.experiment import open_storage, read_trials_csv
@@ -37,18 +37,6 @@ def _controller(tmp_path: Path, study: optuna.Study, records: list = ()) -> Sear
                             records=records, log=lambda _: None)
 
 
-def _run(ctrl: SearchController, n: int) -> None:
-    for _ in range(n):
-        trial_id, _ = ctrl.next_trial()
-        macs = ctrl.records[trial_id].costs["macs"]
-        result = {}
-        for epoch in range(1, ctrl.config.epochs + 1):
-            result = {"epoch": epoch, "val_top1": _learning_curve(macs, epoch), "train_loss": 1.0}
-            if ctrl.on_result(trial_id, result):
-                break
-        ctrl.on_complete(trial_id, result)
-
-
 def _content(t: FrozenTrial) -> tuple:
     """A trial's content as SQLite stores it (attributes are JSON: tuples read back as lists)."""
     return (t.number, t.state, t.values, t.params, t.distributions, _json(t.user_attrs),
@@ -71,7 +59,7 @@ def _reloaded(tmp_path: Path) -> optuna.Study:
 def test_durable_study_equals_the_in_memory_one(tmp_path: Path, sampler: str) -> None:
     ctrl = _controller(tmp_path, _durable(tmp_path, sampler))
     assert isinstance(ctrl.study._storage, optuna.storages.InMemoryStorage)
-    _run(ctrl, 10)
+    _simulate(ctrl, 10)
     ctrl.flush()
     memory, durable = ctrl.study, _reloaded(tmp_path)
     states = {t.state for t in memory.trials}
@@ -86,7 +74,7 @@ def test_a_trial_costs_a_few_commits_not_one_per_parameter(tmp_path: Path) -> No
     commits = []
     event.listen(study._storage._backend.engine, "commit", lambda conn: commits.append(1))
     ctrl = _controller(tmp_path, study)
-    _run(ctrl, 10)
+    _simulate(ctrl, 10)
     ctrl.flush()
     trials = len(ctrl.study.trials)
     # Creation (params, costs, spec) is one transaction; the end is intermediate accuracies,
@@ -97,7 +85,7 @@ def test_a_trial_costs_a_few_commits_not_one_per_parameter(tmp_path: Path) -> No
 
 def test_resume_reloads_the_study_and_fails_the_interrupted_trial(tmp_path: Path) -> None:
     first = _controller(tmp_path, _durable(tmp_path, "tpe"))
-    _run(first, 6)
+    _simulate(first, 6)
     interrupted, _ = first.next_trial()  # the driver dies while this one trains
     first.flush()
     number = first.records[interrupted].number
@@ -108,7 +96,7 @@ def test_resume_reloads_the_study_and_fails_the_interrupted_trial(tmp_path: Path
     assert [t.number for t in again.study.trials] == list(range(before))
     assert again.study.trials[number].state == TrialState.FAIL
     assert _reloaded(tmp_path).trials[number].state == TrialState.FAIL
-    _run(again, 3)
+    _simulate(again, 3)
     again.flush()
     memory, durable = again.study, _reloaded(tmp_path)
     assert len(memory.trials) >= before + 3
@@ -117,7 +105,7 @@ def test_resume_reloads_the_study_and_fails_the_interrupted_trial(tmp_path: Path
 
 def test_a_start_lost_with_the_driver_is_padded_and_the_trial_rerun(tmp_path: Path) -> None:
     first = _controller(tmp_path, _durable(tmp_path, "tpe"))
-    _run(first, 4)
+    _simulate(first, 4)
     first.flush()
     first.mirror._queue.put = lambda item: None  # the driver dies before its writer runs
     lost, _ = first.next_trial()
