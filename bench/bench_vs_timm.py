@@ -12,11 +12,13 @@ from timm's, with far less noise than whole steps on a shared machine.
     python bench/bench_vs_timm.py --batch-size 8 --image-size 224 --rounds 6
     python bench/bench_vs_timm.py --unit split-attention --threads 1 --rounds 15
     python bench/bench_vs_timm.py --device cuda --amp --channels-last   # GPU: bf16 autocast
+    python bench/bench_vs_timm.py --device cuda --amp --formats  # ours: channels_last vs NCHW
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import platform
 import statistics
@@ -45,11 +47,13 @@ Timings = dict[str, list[float]]
 
 def ab_time(fns: dict[str, Callable[[], None]], rounds: int, reps: int,
             device: torch.device) -> tuple[Timings, Timings]:
-    """Alternate ours/timm each round (ABBA); wall and process CPU seconds per call, per round."""
+    """Alternate the two entries of `fns` each round (ABBA); wall and process CPU seconds per
+    call, per round."""
     wall: Timings = {k: [] for k in fns}
     cpu: Timings = {k: [] for k in fns}
+    a, b = fns
     for r in range(rounds):
-        for key in (["ours", "timm"] if r % 2 == 0 else ["timm", "ours"]):
+        for key in ([a, b] if r % 2 == 0 else [b, a]):
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(reps):
@@ -61,6 +65,7 @@ def ab_time(fns: dict[str, Callable[[], None]], rounds: int, reps: int,
 
 
 def summarize(wall: Timings, cpu: Timings) -> dict[str, float]:
+    """Statistics of an ours/timm pair (`--formats`: channels_last in the ours slot, NCHW in timm's)."""
     paired = sorted(t / o for o, t in zip(wall["ours"], wall["timm"], strict=True))
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
@@ -114,7 +119,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
     y = torch.randint(0, 1000, (args.batch_size,), generator=torch.Generator().manual_seed(2))
     y = y.to(device)
 
-    def make_step(model: torch.nn.Module) -> Callable[[], None]:
+    def make_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def step() -> None:
@@ -129,8 +134,16 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
     wall: Timings = {"ours": [], "timm": []}
     cpu: Timings = {"ours": [], "timm": []}
     for repeat in range(args.repeats):
-        models = _pair(name, device, args.channels_last, ours_first=repeat % 2 == 1, same=args.aa)
-        steps = {k: make_step(m) for k, m in models.items()}
+        if args.formats:  # our model twice, same weights: channels_last ("ours") vs NCHW ("timm")
+            torch.manual_seed(0)
+            base = build_model(name)
+            models = {k: copy.deepcopy(base).to(device=device, memory_format=fmt).train()
+                      for k, fmt in (("ours", torch.channels_last), ("timm", torch.contiguous_format))}
+            inputs = {"ours": x.contiguous(memory_format=torch.channels_last), "timm": x.contiguous()}
+        else:
+            models = _pair(name, device, args.channels_last, ours_first=repeat % 2 == 1, same=args.aa)
+            inputs = {"ours": x, "timm": x}
+        steps = {k: make_step(m, inputs[k]) for k, m in models.items()}
         for fn in steps.values():
             for _ in range(args.warmup):
                 fn()
@@ -212,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--formats", action="store_true",
+                   help="A/B our model in channels_last (ours columns) against NCHW (timm columns)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast around forward + loss")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--output", type=Path, help="also write the markdown table here")
@@ -227,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {datetime.date.today().isoformat()}, torch {torch.__version__}, "
         f"python {platform.python_version()}, device {args.device}, "
         f"threads {torch.get_num_threads()}, unit {args.unit}"
-        + (", A/A calibration (timm vs timm)" if args.aa else ""),
+        + (", A/A calibration (timm vs timm)" if args.aa else "")
+        + (", FORMATS: ours columns = our model channels_last, timm columns = our model NCHW"
+           if args.formats else ""),
         f"- batch {args.batch_size}, {args.image_size} px, {args.repeats} x {args.rounds} rounds x "
         f"{args.steps_per_round} steps, warm-up {args.warmup}, channels_last "
         f"{args.channels_last}, amp(bf16) {args.amp}",

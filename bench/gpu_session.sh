@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/benchmarks.md ("GPU" section), for a CUDA machine with torch, timm
+# and nvidia-ml-py installed. Logs go to ${OUT:-runs/gpu}.
+#   bash bench/gpu_session.sh            # both parts
+#   bash bench/gpu_session.sh 1          # part 1: checks, trials per GPU, short vs-timm runs
+#   bash bench/gpu_session.sh 2          # part 2: longer vs-timm runs, formats, A/A, units
+set -o pipefail
+export PYTHONUNBUFFERED=1
+out=${OUT:-runs/gpu}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+part=${1:-all}
+timm_bench() { $py bench/bench_vs_timm.py --device cuda --amp --batch-size 64 --image-size 224 "$@"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$out/gpu.txt"
+$py -c "import torch, timm, platform; print('torch', torch.__version__, 'timm', timm.__version__, 'python', platform.python_version(), 'cpus', __import__('os').cpu_count())" | tee -a "$out/gpu.txt"
+if [ "$part" != 2 ]; then
+  $py bench/gpu_checks.py 2>&1 | tee "$out/gpu_checks.txt"
+  $py bench/gpu_trials.py --device cuda --epochs 10 --formats 3 --output "$out/gpu_trials.json" 2>&1 | tee "$out/gpu_trials.txt"
+  for fmt in "" "--channels-last"; do
+    timm_bench $fmt --rounds 10 --steps-per-round 5 --warmup 3 2>&1 | tee -a "$out/vs_timm.txt"
+  done
+fi
+[ "$part" = 1 ] && exit 0
+long=(--repeats 2 --rounds 16 --steps-per-round 5 --warmup 3)
+timm_bench --channels-last "${long[@]}" 2>&1 | tee "$out/vs_timm_long.txt"
+timm_bench --channels-last --aa --models resnest50d "${long[@]}" 2>&1 | tee "$out/aa.txt"
+timm_bench --formats "${long[@]}" 2>&1 | tee "$out/formats.txt"
+for fmt in "--channels-last" ""; do
+  timm_bench --unit split-attention $fmt --rounds 10 --steps-per-round 10 --warmup 3 2>&1 | tee -a "$out/units.txt"
+done
