@@ -222,6 +222,22 @@ def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any)
         )
 
 
+def check_gpus(per_trial: float, available: float, address: str | None) -> None:
+    """A GPU request this machine cannot meet would leave Tune waiting until the budget runs
+    out: refuse it locally (a cluster's autoscaler may still add GPUs, so there it is a note).
+    GPUs left idle by `--gpus-per-trial 0` get a note: trials then train on the CPUs."""
+    if per_trial > available:
+        where = "this machine" if not address else "the Ray cluster (now)"
+        message = (f"--gpus-per-trial {per_trial:g} asks for more GPUs per trial than {where} "
+                   f"has ({available:g})")
+        if not address:
+            raise UserError(message + "; use --gpus-per-trial 0 to train on the CPUs")
+        print(f"note: {message}; trials wait until nodes with GPUs join", file=sys.stderr)
+    elif per_trial == 0 and available > 0:
+        print(f"note: Ray sees {available:g} GPU(s) but --gpus-per-trial is 0, so trials train on "
+              "the CPUs; --gpus-per-trial 0.25 runs four small candidates per GPU", file=sys.stderr)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config, runtime = config_from_args(args)
@@ -251,7 +267,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     check_satisfiable(space, config, costs)
     from trials import ray_runner
 
+    if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
+        import torch
+
+        check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
     ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
+    if runtime["address"]:
+        check_gpus(runtime["gpus_per_trial"], ray_runner.cluster_gpus(), runtime["address"])
     exp.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         (exp / "experiment.json").write_text(config.to_json())

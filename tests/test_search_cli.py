@@ -55,6 +55,7 @@ BAD = [
     (["--max-macs", "1000"], "--max-macs 1000 is unsatisfiable: the cheapest architecture"),
     (["--max-params", "100"], "--max-params 100 is unsatisfiable"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),
+    (["--gpus-per-trial", "1000"], "--gpus-per-trial 1000 asks for more GPUs per trial than this machine has"),
 ]
 
 
@@ -95,6 +96,27 @@ def test_cli_module_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "error: unknown space 'nope'; valid spaces: resnest, resnest-small, resnest-imagenet"
     ]
+
+
+@pytest.mark.parametrize(("per_trial", "available", "address", "outcome"), [
+    (0.5, 0, None, "error"),  # local: Tune would wait for a GPU until the budget ran out
+    (2, 1, None, "error"),
+    (0.5, 0, "auto", "note: --gpus-per-trial 0.5 asks for more GPUs per trial than the Ray cluster"),
+    (0, 2, None, "note: Ray sees 2 GPU(s) but --gpus-per-trial is 0"),
+    (0.25, 1, None, ""),
+    (0, 0, None, ""),
+])
+def test_check_gpus(per_trial: float, available: float, address: str | None, outcome: str,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    from nas.search import check_gpus
+
+    if outcome == "error":
+        with pytest.raises(UserError, match="use --gpus-per-trial 0 to train on the CPUs"):
+            check_gpus(per_trial, available, address)
+        return
+    check_gpus(per_trial, available, address)
+    err = capsys.readouterr().err
+    assert (outcome in err) if outcome else err == ""
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400)])
