@@ -167,6 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from search_spaces.errors import UserError
+    from trials.training import TrainConfig
+    from trials.trial import check_config, resolve_arch
+
+    try:  # bad input: one line here, not a traceback from inside a trial process
+        if min(args.concurrency) < 1 or args.formats < 0:
+            raise UserError("--concurrency values must be >= 1 and --formats >= 0")
+        for spec in args.candidates:
+            resolve_arch(spec)
+            TrainConfig.from_dict(check_config(trial_config(args, spec, 0, False)))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
         return 2
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                            "formats": []}
     try:
         print("\n| candidate | MMACs | trials per GPU | images/s per trial (median) | aggregate images/s "
-              "| vs 1 trial | GPU utilisation | peak MiB per trial |\n|---|---|---|---|---|---|---|---|",
+              f"| vs {args.concurrency[0]} trial(s) | GPU utilisation | peak MiB per trial |\n|---|---|---|---|---|---|---|---|",
               flush=True)
         for spec in args.candidates:
             base = None
