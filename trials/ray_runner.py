@@ -130,7 +130,6 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
-
 class _ControllerSearcher(Searcher):
     """Asks the controller for the next architecture; tells it when a trial ends."""
 
