@@ -16,7 +16,6 @@ Checks, each printed as one PASS/FAIL line with its numbers:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas import build_model, measure_costs  # noqa: E402
 from nas.codegen import generate_source  # noqa: E402
+from nas.export_verify import import_file  # noqa: E402
 from search_spaces import get_space, list_named_points, list_spaces, named_point  # noqa: E402
 from trials.trial import Trial  # noqa: E402
 
@@ -83,9 +83,7 @@ def check_export(device: torch.device) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "exported.py"
         path.write_text(source)
-        module_spec = importlib.util.spec_from_file_location("exported", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = import_file(path)
     exported = module.build(num_classes=spec.num_classes).eval().to(device)
     exported.load_state_dict(model.state_dict(), strict=True)
     x = torch.randn(4, spec.in_channels, 32, 32, device=device)

@@ -109,7 +109,8 @@ def verify_module(module_file: Path, x: torch.Tensor, reference: torch.Tensor, p
             "fresh_process": "python -E in an empty directory, project packages refused"}
 
 
-def _import_file(path: Path) -> Any:
+def import_file(path: Path) -> Any:
+    """Import a Python file as a module in this process (not registered in sys.modules)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"_nas_export_{path.stem}", path)
@@ -140,7 +141,7 @@ def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 def verify_onnx(module_file: Path, onnx_file: Path, x: torch.Tensor,
                 reference: torch.Tensor) -> dict[str, Any]:
     """Export the generated module's model to ONNX and compare onnxruntime's outputs."""
-    model = _import_file(module_file).build(pretrained=True).eval()
+    model = import_file(module_file).build(pretrained=True).eval()
     try:
         export_onnx(model, x, onnx_file)
     except Exception as err:  # the exporter raises many types

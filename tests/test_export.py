@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -23,6 +21,7 @@ from analysis.front import knee, pareto_front
 from analysis.load import load
 from nas import export as ex
 from nas import export_verify
+from nas.export_verify import import_file
 from search_spaces import ArchSpec
 from search_spaces.errors import UserError
 from trials.training import load_checkpoint
@@ -44,14 +43,6 @@ def assert_refused(code: int, err: str, message: str, out_dir: Path, rc: int = 2
     assert code == rc, err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
-
-
-def import_file(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"exported_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
