@@ -24,6 +24,7 @@ import datetime
 import json
 import multiprocessing as mp
 import platform
+import queue
 import statistics
 import sys
 import threading
@@ -137,7 +138,7 @@ class Pool:
         while True:
             try:
                 message = self.results.get(timeout=5)
-            except Exception:  # queue.Empty: check that no worker died
+            except queue.Empty:  # check that no worker died
                 if dead := [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]:
                     raise SystemExit(f"a trial process died (exit codes {dead})") from None
                 continue
@@ -146,8 +147,8 @@ class Pool:
             return message
 
     def close(self) -> None:
-        for queue in self.tasks:
-            queue.put(None)
+        for tasks in self.tasks:
+            tasks.put(None)
         for proc in self.procs:
             proc.join(timeout=30)
 
