@@ -1,9 +1,11 @@
 """Cost model of an architecture: parameters, MACs, peak memory, latency and throughput.
 
 `static_costs` is what the search calls for every candidate. It runs nothing real: each part of
-the network (stem, each distinct bottleneck, head) is built on the "meta" device (shapes only)
-and traced once under a dispatch mode; parts are cached by their constructor arguments and input
-shape and composed per spec, and whole results are cached by (spec, image_size, batch_size).
+the network (stem, each distinct bottleneck, head) is built on the "meta" device (shapes only,
+parameter initialisers skipped) and traced once under a dispatch mode, with `nas.meta_kernels`
+computing the output shapes of the ops whose meta kernels are slow; parts are cached by their
+constructor arguments and input shape and composed per spec, and whole results are cached by
+(spec, image_size, batch_size).
 `measure_costs` adds wall-clock latency and throughput on a real device, and on CUDA replaces
 the memory estimate with the allocator's measurement of the same quantity.
 
@@ -24,21 +26,24 @@ Definitions (state them with every number):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import statistics
 import sys
+import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
+from nas.meta_kernels import meta_output
 from nas.resnest import BlockArgs, Bottleneck, block_plan, build_model, make_stem
 from search_spaces.errors import UserError
 from search_spaces.registry import SpecLike, resolve_spec
@@ -96,24 +101,45 @@ class _Tracker(TorchDispatchMode):
         if func is _BATCH_NORM and args[0].device.type == "meta":
             out = _meta_batch_norm(*args)
         else:
-            out = func(*args, **kwargs)
-        if func.overloadpacket in flop_registry:
-            self.flops += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
-        for t in tree_flatten(out)[0]:
+            out = meta_output(func, args, kwargs)
+            if out is None:
+                out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        if packet in flop_registry:
+            self.flops += _flop_count(flop_registry[packet], args, kwargs, out)
+        for t in out if isinstance(out, tuple | list) else (out,):
             if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
             key = id(storage)
             if key in self._ignored or key in self._live:
                 continue
-            self._live[key] = storage.nbytes()
-            self.current += storage.nbytes()
+            self._live[key] = size = storage.nbytes()
+            self.current += size
             weakref.finalize(storage, self._free, key)
-        self.peak = max(self.peak, self.current)
+        if self.current > self.peak:
+            self.peak = self.current
         return out
 
 
 _BATCH_NORM = torch.ops.aten.native_batch_norm.default
+
+
+def _shape(value: Any) -> Any:
+    return value.shape if isinstance(value, torch.Tensor) else value
+
+
+def _flop_count(formula: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    """FlopCounterMode's formula for one call. Its registry wraps each shape formula in a
+    pytree map from tensors to shapes (~0.3 ms a call on these arguments); for flat arguments
+    the shapes are taken here and the formula itself (`__wrapped__`) is called."""
+    raw = getattr(formula, "__wrapped__", None)
+    nested = any(isinstance(a, list | tuple) and any(isinstance(x, torch.Tensor) for x in a)
+                 for a in args)
+    if raw is None or nested or not isinstance(out, torch.Tensor):
+        return formula(*args, **kwargs, out_val=out)
+    return raw(*map(_shape, args), out_shape=out.shape,
+               **{k: _shape(v) for k, v in kwargs.items()})
 
 
 def _meta_batch_norm(x: torch.Tensor, weight: Any, bias: Any, running_mean: Any,
@@ -121,8 +147,10 @@ def _meta_batch_norm(x: torch.Tensor, weight: Any, bias: Any, running_mean: Any,
     """The outputs CPU's native_batch_norm allocates (normalised x; per-channel mean and inverse
     std saved for backward in training), without the meta kernel's slow Python decomposition
     (~90% of the time of a meta forward). Running statistics are not updated: meta has no values."""
-    stats = x.shape[1] if training else 0
-    return (torch.empty_like(x), x.new_empty((stats,)), x.new_empty((stats,)))
+    stats = (x.shape[1] if training else 0,)
+    return (torch.empty(x.shape, dtype=x.dtype, device="meta"),
+            torch.empty(stats, dtype=x.dtype, device="meta"),
+            torch.empty(stats, dtype=x.dtype, device="meta"))
 
 
 @dataclass(frozen=True)
@@ -147,17 +175,55 @@ def _measure_piece(module: nn.Module, shape: tuple[int, ...]) -> _Piece:
                   tracker.peak, tuple(out.shape))
 
 
-# Build under the meta device context, run outside it (the context intercepts every torch call).
+_META_BUILD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _meta_modules() -> Iterator[None]:
+    """Build modules on the meta device without running their initialisers.
+
+    Conv, BatchNorm and Linear layers initialise their parameters in `reset_parameters`, which
+    does nothing to meta tensors (they hold no values) but took half the time of building a
+    block. For the duration, those classes skip it for modules whose parameters are on meta;
+    every other module (another thread's, a real device's) still runs it. Build under this
+    context, run outside it (the device context intercepts every torch call)."""
+    with _META_BUILD:
+        saved = {cls: cls.__dict__.get("reset_parameters") for cls in _INITIALISED}
+        for cls in _INITIALISED:
+            cls.reset_parameters = _skip_on_meta(cls.reset_parameters)
+        try:
+            with torch.device("meta"):
+                yield
+        finally:
+            for cls, own in saved.items():
+                if own is None:
+                    del cls.reset_parameters
+                else:
+                    cls.reset_parameters = own
+
+
+_INITIALISED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+
+
+def _skip_on_meta(reset: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+    @functools.wraps(reset)
+    def reset_unless_meta(module: nn.Module) -> None:
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or not weight.is_meta:
+            reset(module)
+    return reset_unless_meta
+
+
 @functools.lru_cache(maxsize=65536)
 def _block_piece(args: BlockArgs, shape: tuple[int, ...]) -> _Piece:
-    with torch.device("meta"):
+    with _meta_modules():
         block = Bottleneck(*args)
     return _measure_piece(block, shape)
 
 
 @functools.lru_cache(maxsize=4096)
 def _stem_piece(stem: str, width: int, regime: str, shape: tuple[int, ...]) -> _Piece:
-    with torch.device("meta"):
+    with _meta_modules():
         conv1, bn1, pool = make_stem(stem, width, shape[1], regime)
         module = nn.Sequential(conv1, bn1, nn.ReLU(inplace=True), pool)
     return _measure_piece(module, shape)
@@ -177,7 +243,7 @@ class _Head(nn.Module):
 
 @functools.lru_cache(maxsize=4096)
 def _head_piece(num_classes: int, dropout: float, shape: tuple[int, ...]) -> _Piece:
-    with torch.device("meta"):
+    with _meta_modules():
         head = _Head(shape[1], num_classes, dropout)
     return _measure_piece(head, shape)
 

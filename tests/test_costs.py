@@ -9,15 +9,17 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas import CostRecord, build_model, measure_costs, static_costs
-from nas.costs import _static, _Tracker, main, whole_model_costs
-from search_spaces import ArchSpec, SpecError, StageSpec, UserError, get_space
+from nas.costs import _meta_modules, _static, _Tracker, main, whole_model_costs
+from search_spaces import ArchSpec, SpecError, StageSpec, UserError, get_space, list_spaces
 
 
 @pytest.fixture(autouse=True)
@@ -61,25 +63,62 @@ def test_published_macs_and_params(name: str, size: int, macs: float, params: in
     assert record.image_size == size and record.device == "meta"
 
 
-def test_composition_equals_whole_model_and_real_tensors() -> None:
-    """Per-part composition == one tracked forward of the whole model (meta) == the same tracker
-    on real CPU tensors, and MACs == FlopCounterMode's total / 2."""
-    space = get_space("resnest")
-    specs = [_small_spec(), _small_spec(stem="plain", avd_first=True, avg_down=False, dropout=0.1)]
-    specs += [space.sample(np.random.default_rng(seed)) for seed in (11, 12)]
-    for spec in specs:
-        record = static_costs(spec, 16, batch_size=4)
-        assert (record.params, record.macs, record.peak_memory_bytes) == whole_model_costs(spec, 16, 4)
+def _space_samples() -> list[tuple[str, ArchSpec]]:
+    """Two samples of every registered space (the search's inputs) plus hand-made variants."""
+    cases = [("small", _small_spec()),
+             ("plain-stem", _small_spec(stem="plain", avd_first=True, avg_down=False, dropout=0.1))]
+    for name in list_spaces():
+        cases += [(f"{name}-{seed}", get_space(name).sample(np.random.default_rng(seed)))
+                  for seed in (11, 12)]
+    return cases
+
+
+@pytest.mark.parametrize("spec", [s for _, s in _space_samples()],
+                         ids=[n for n, _ in _space_samples()])
+def test_composition_equals_whole_model_and_real_tensors(spec: ArchSpec) -> None:
+    """Per-part composition (meta, shape kernels, no initialisers) == one tracked forward of the
+    whole model (meta, torch's kernels) == the same tracker on real CPU tensors, and MACs ==
+    FlopCounterMode's total / 2."""
+    size = max(16, spec.min_image_size)
+    record = static_costs(spec, size, batch_size=4)
+    assert (record.params, record.macs, record.peak_memory_bytes) == whole_model_costs(spec, size, 4)
+    torch.manual_seed(0)
+    model = build_model(spec).train()
+    x = torch.randn(4, spec.in_channels, size, size)
+    with _Tracker([*model.parameters(), *model.buffers(), x]) as tracker:
+        model(x)
+    assert tracker.peak == record.peak_memory_bytes
+    assert record.params == sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x[:1])
+    assert record.macs == counter.get_total_flops() // 2
+
+
+def test_meta_building_skips_initialisers_only_on_meta() -> None:
+    """Inside `_meta_modules` layers built on meta skip `reset_parameters`; a layer built on a
+    real device there is initialised exactly as outside, and the classes are restored after."""
+    classes = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+    before = [cls.__dict__.get("reset_parameters") for cls in classes]
+    torch.manual_seed(0)
+    outside = (nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(5, 2))
+    calls: list[str] = []
+    with mock.patch.object(nn.Conv2d, "reset_parameters", autospec=True,
+                           side_effect=lambda module: calls.append("conv")):
+        with _meta_modules():
+            nn.Conv2d(3, 4, 3)
+        assert calls == []
+        nn.Conv2d(3, 4, 3)  # a real module after the context: initialised again
+        assert calls == ["conv"]
+    with _meta_modules():
+        meta = nn.Conv2d(3, 4, 3)
         torch.manual_seed(0)
-        model = build_model(spec).train()
-        x = torch.randn(4, spec.in_channels, 16, 16)
-        with _Tracker([*model.parameters(), *model.buffers(), x]) as tracker:
-            model(x)
-        assert tracker.peak == record.peak_memory_bytes
-        assert record.params == sum(p.numel() for p in model.parameters())
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.eval()(x[:1])
-        assert record.macs == counter.get_total_flops() // 2
+        inside = (nn.Conv2d(3, 4, 3, device="cpu"), nn.BatchNorm2d(4, device="cpu"),
+                  nn.Linear(5, 2, device="cpu"))
+    assert meta.weight.is_meta and meta.weight.shape == (4, 3, 3, 3)
+    for a, b in zip(outside, inside, strict=True):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.equal(x, y), name
+    assert [cls.__dict__.get("reset_parameters") for cls in classes] == before
 
 
 def test_imagenet_regime_composition() -> None:
