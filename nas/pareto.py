@@ -19,12 +19,14 @@ def to_loss(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     return np.asarray(values, dtype=float) * signs
 
 
-def nondomination_rank(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
-    """Front index per row (0 = non-dominated)."""
+def nondomination_rank(values: np.ndarray, maximize: Sequence[bool],
+                       n_below: int | None = None) -> np.ndarray:
+    """Front index per row (0 = non-dominated). With `n_below`, only the fronts holding the best
+    `n_below` rows are told apart; every later row gets one rank after them."""
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return np.zeros(0, dtype=int)
-    return _fast_non_domination_rank(to_loss(values, maximize))
+    return _fast_non_domination_rank(to_loss(values, maximize), n_below=n_below)
 
 
 def pareto_mask(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
@@ -66,13 +68,24 @@ def promotion_order(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
 
 
 def top_k_with_ties(values: np.ndarray, maximize: Sequence[bool], k: int) -> np.ndarray:
-    """Mask of the best `k` rows, plus every row tied with the k-th: both extremes of a front
-    have infinite crowding distance, and the cheap extreme must not lose to the expensive one
-    just because it arrived later."""
-    keys = promotion_keys(values, maximize)
-    order = np.lexsort((keys[:, 1], keys[:, 0]))
-    threshold = keys[order[min(k, len(order)) - 1]]
-    return (keys[:, 0] < threshold[0]) | ((keys[:, 0] == threshold[0]) & (keys[:, 1] <= threshold[1]))
+    """Mask of the best `k` rows by `promotion_keys`, plus every row tied with the k-th: both
+    extremes of a front have infinite crowding distance, and the cheap extreme must not lose to
+    the expensive one just because it arrived later. Fronts before the k-th row's are promoted
+    whole and later ones not at all, so crowding is computed for the k-th row's front only."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return np.zeros(0, dtype=bool)
+    k = min(max(k, 1), len(values))
+    ranks = nondomination_rank(values, maximize, n_below=k)
+    filled = np.cumsum(np.bincount(ranks))
+    cut = int(np.searchsorted(filled, k))  # the front holding the k-th row
+    promoted = ranks < cut
+    members = np.flatnonzero(ranks == cut)
+    spread = -crowding_distance(to_loss(values, maximize)[members])  # smaller is better
+    needed = k - (int(filled[cut - 1]) if cut > 0 else 0)
+    threshold = spread[np.lexsort((spread,))[needed - 1]]  # NaN sorts last, as in lexsort
+    promoted[members[spread <= threshold]] = True
+    return promoted
 
 
 def hypervolume(values: np.ndarray, maximize: Sequence[bool], reference: Sequence[float]) -> float:

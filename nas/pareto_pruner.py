@@ -13,7 +13,9 @@ intermediate values. This pruner reads either, plus the static costs stored as u
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -55,6 +57,7 @@ class ParetoPruner(BasePruner):
         self.cost_attrs = tuple(cost_attrs)
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
+        self._cache = _StudyCache()
 
     def is_rung(self, step: int) -> bool:
         rung = self.min_resource
@@ -67,21 +70,73 @@ class ParetoPruner(BasePruner):
         step = max(own, default=None)
         if step is None or not self.is_rung(step):
             return False
-        peers = []
+        finished = self._finished_rows(study)
+        accuracies: list[float] = []
+        costs_of: list[tuple[float, ...]] = []
+        index = None
         for t in study.get_trials(deepcopy=False):
-            curve = own if t.number == trial.number else intermediate_values(t)
-            if (step in curve
-                    and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-                    and all(a in t.user_attrs for a in self.cost_attrs)):
-                peers.append((t, curve[step]))
-        if trial.number not in {t.number for t, _ in peers}:
+            number = t.number
+            if number == trial.number:  # as passed in (it may be newer than the study's copy)
+                if trial.state not in _PEER_STATES:
+                    continue
+                curve, costs = own, self._costs(trial)
+                if step in curve and costs is not None:
+                    index = len(accuracies)
+            else:
+                row = finished.get(number)
+                if row is None:
+                    if t.state not in _PEER_STATES:
+                        continue
+                    row = (intermediate_values(t), self._costs(t))
+                    if t.state != TrialState.RUNNING:
+                        finished[number] = row  # a finished trial's values no longer change
+                curve, costs = row
+            if step in curve and costs is not None:
+                accuracies.append(curve[step])
+                costs_of.append(costs)
+        if index is None:
             return False  # Missing costs: no basis to rank it; let it run.
-        values = np.array(
-            [[accuracy, *(t.user_attrs[a] for a in self.cost_attrs)] for t, accuracy in peers],
-            dtype=float,
-        )
+        values = np.column_stack([np.array(accuracies, dtype=float),
+                                  np.array(costs_of, dtype=float).reshape(len(accuracies), -1)])
         values[~np.isfinite(values[:, 0]), 0] = -np.inf
-        keep = max(1, len(peers) // self.reduction_factor)
+        keep = max(1, len(accuracies) // self.reduction_factor)
         promoted = top_k_with_ties(values, [True] + [False] * len(self.cost_attrs), keep)
-        index = next(i for i, (t, _) in enumerate(peers) if t.number == trial.number)
         return not promoted[index]
+
+    def _costs(self, trial: FrozenTrial) -> tuple[float, ...] | None:
+        costs = tuple(trial.user_attrs.get(a) for a in self.cost_attrs)
+        return None if None in costs else costs
+
+    def _finished_rows(self, study: optuna.Study) -> dict[int, _Row]:
+        """Rung data of the study's finished trials, read once each: without it every decision
+        re-read every past trial's attributes, a per-decision cost that grew with the search."""
+        key = (study._storage, study._study_id)
+        rows = self._cache.get(key)
+        if rows is None:
+            rows = self._cache[key] = {}
+        return rows
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _cache=_StudyCache())
+
+
+_Row = tuple[dict[int, float], tuple[float, ...] | None]
+_PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+class _StudyCache:
+    """(storage, study id) -> rows, holding the storage weakly: a pruner outlives the studies it
+    served (tests, notebooks), and a dead storage's id may be reused by a new one."""
+
+    def __init__(self) -> None:
+        self._by_storage: weakref.WeakKeyDictionary[Any, dict[int, dict[int, _Row]]] = (
+            weakref.WeakKeyDictionary())
+
+    def get(self, key: tuple[Any, int]) -> dict[int, _Row] | None:
+        return self._by_storage.get(key[0], {}).get(key[1])
+
+    def __setitem__(self, key: tuple[Any, int], rows: dict[int, _Row]) -> None:
+        self._by_storage.setdefault(key[0], {})[key[1]] = rows

@@ -3,6 +3,7 @@ Optuna about pruned trials. Driven without Ray: the controller is Ray-free by de
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ from optuna.trial import TrialState
 from nas.controller import SearchController
 from nas.experiment import ExperimentConfig, read_trials_csv
 from nas.objectives import parse_objectives
-from nas.pareto import pareto_mask, promotion_order
-from nas.pareto_pruner import ParetoPruner, intermediate_values
+from nas.pareto import pareto_mask, promotion_keys, promotion_order, top_k_with_ties
+from nas.pareto_pruner import INTERMEDIATE_ATTR, ParetoPruner, intermediate_values
 from nas.strategy import make_pruner, make_sampler
 from search_spaces import UserError, get_space
 
@@ -146,3 +147,63 @@ def test_pruner_rungs_and_promotion_order() -> None:
     assert pareto_mask(values, maximize).tolist() == [True, True, False, True]
     order = promotion_order(values, maximize)
     assert set(order[:3]) == {0, 1, 3} and order[3] == 2
+
+
+def _promotion_by_definition(values: np.ndarray, maximize: list[bool], k: int) -> np.ndarray:
+    """The best k rows by (front, -crowding) over all fronts, plus rows tied with the k-th."""
+    keys = promotion_keys(values, maximize)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    kth = keys[order[min(k, len(order)) - 1]]
+    return (keys[:, 0] < kth[0]) | ((keys[:, 0] == kth[0]) & (keys[:, 1] <= kth[1]))
+
+
+def test_top_k_with_ties_matches_its_definition() -> None:
+    """`top_k_with_ties` sorts only the fronts it needs and computes crowding for one; on random
+    rows (ties, duplicates, -inf accuracies, 1-3 objectives) it promotes what the definition does."""
+    rng = np.random.default_rng(0)
+    for case in range(2000):
+        n, m = int(rng.integers(1, 40)), int(rng.integers(1, 4))
+        values = rng.integers(0, 6, (n, m)).astype(float) if case % 2 else rng.random((n, m))
+        if case % 5 == 0:
+            values[rng.random(n) < 0.2, 0] = -np.inf
+        maximize = [bool(x) for x in rng.integers(0, 2, m)]
+        k = int(rng.integers(1, n + 1))
+        with np.errstate(invalid="ignore"):
+            expected = _promotion_by_definition(values, maximize, k)
+            got = top_k_with_ties(values, maximize, k)
+        assert got.tolist() == expected.tolist(), (case, k)
+
+
+def test_pruner_caching_finished_trials_decides_like_a_fresh_pruner() -> None:
+    """One pruner across a whole study (finished trials' rows cached) against a fresh pruner at
+    every decision, with three trials running at once and trials finishing between decisions;
+    and it still pickles."""
+    rng = np.random.default_rng(3)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    kept = ParetoPruner(("macs",), min_resource=1, reduction_factor=2)
+    running: list[tuple[optuna.Trial, dict[str, float]]] = []
+    decisions: list[bool] = []
+    started = 0
+    while started < 80 or running:
+        while started < 80 and len(running) < 3:
+            trial = study.ask()
+            if started % 7 != 3:  # some trials never get costs: never ranked
+                trial.set_user_attr("macs", float(rng.integers(1, 20)))
+            running.append((trial, {}))
+            started += 1
+        trial, curve = running.pop(int(rng.integers(len(running))))
+        curve[str(len(curve) + 1)] = float(rng.random())
+        trial.set_user_attr(INTERMEDIATE_ATTR, dict(curve))
+        frozen = study._storage.get_trial(trial._trial_id)
+        verdict = kept.prune(study, frozen)
+        assert verdict == ParetoPruner(("macs",), 1, 2).prune(study, frozen), trial.number
+        decisions.append(verdict)
+        if verdict:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif len(curve) == 4:
+            study.tell(trial, [curve["4"], trial.user_attrs.get("macs", 1.0)])
+        else:
+            running.append((trial, curve))
+    assert any(decisions) and not all(decisions)
+    restored = pickle.loads(pickle.dumps(kept))
+    assert restored.prune(study, frozen) == kept.prune(study, frozen)
