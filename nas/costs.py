@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from nas.meta_kernels import meta_output
@@ -107,7 +108,10 @@ class _Tracker(TorchDispatchMode):
         packet = func.overloadpacket
         if packet in flop_registry:
             self.flops += _flop_count(flop_registry[packet], args, kwargs, out)
-        for t in out if isinstance(out, tuple | list) else (out,):
+        outputs = out if isinstance(out, tuple | list) else (out,)
+        if any(isinstance(t, tuple | list) for t in outputs):  # nested: rare, flatten it all
+            outputs = tree_flatten(out)[0]
+        for t in outputs:
             if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
