@@ -7,8 +7,8 @@ costs, the cost model every search trial pays before it starts (docs/benchmarks.
 overhead at scale"). Each kernel here returns a new meta tensor of the output's shape and dtype,
 which is all a meta trace needs (meta tensors hold no values). A kernel returns None where its
 case is not the common one (transposed convolution, integer dtypes, a full reduction, ...) and
-the caller falls back to torch's own meta kernel; tests/test_costs.py checks every kernel
-against torch's on a grid of cases.
+the caller falls back to torch's own meta kernel; tests/test_meta_kernels.py checks every
+kernel against torch's on a grid of cases.
 """
 
 from __future__ import annotations

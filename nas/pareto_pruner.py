@@ -57,7 +57,9 @@ class ParetoPruner(BasePruner):
         self.cost_attrs = tuple(cost_attrs)
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
-        self._cache = _StudyCache()
+        # storage -> study id -> trial number -> rung data of finished trials
+        self._cache: weakref.WeakKeyDictionary[Any, dict[int, dict[int, _Row]]] = (
+            weakref.WeakKeyDictionary())
 
     def is_rung(self, step: int) -> bool:
         rung = self.min_resource
@@ -80,8 +82,6 @@ class ParetoPruner(BasePruner):
                 if trial.state not in _PEER_STATES:
                     continue
                 curve, costs = own, self._costs(trial)
-                if step in curve and costs is not None:
-                    index = len(accuracies)
             else:
                 row = finished.get(number)
                 if row is None:
@@ -92,6 +92,8 @@ class ParetoPruner(BasePruner):
                         finished[number] = row  # a finished trial's values no longer change
                 curve, costs = row
             if step in curve and costs is not None:
+                if number == trial.number:
+                    index = len(accuracies)
                 accuracies.append(curve[step])
                 costs_of.append(costs)
         if index is None:
@@ -109,34 +111,17 @@ class ParetoPruner(BasePruner):
 
     def _finished_rows(self, study: optuna.Study) -> dict[int, _Row]:
         """Rung data of the study's finished trials, read once each: without it every decision
-        re-read every past trial's attributes, a per-decision cost that grew with the search."""
-        key = (study._storage, study._study_id)
-        rows = self._cache.get(key)
-        if rows is None:
-            rows = self._cache[key] = {}
-        return rows
+        re-read every past trial's attributes, a per-decision cost that grew with the search.
+        Keyed by the storage held weakly: a pruner outlives the studies it served (tests,
+        notebooks), and a dead storage's id may be reused by a new one."""
+        return self._cache.setdefault(study._storage, {}).setdefault(study._study_id, {})
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_cache"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _cache=_StudyCache())
+        self.__dict__.update(state, _cache=weakref.WeakKeyDictionary())
 
 
 _Row = tuple[dict[int, float], tuple[float, ...] | None]
 _PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
-
-class _StudyCache:
-    """(storage, study id) -> rows, holding the storage weakly: a pruner outlives the studies it
-    served (tests, notebooks), and a dead storage's id may be reused by a new one."""
-
-    def __init__(self) -> None:
-        self._by_storage: weakref.WeakKeyDictionary[Any, dict[int, dict[int, _Row]]] = (
-            weakref.WeakKeyDictionary())
-
-    def get(self, key: tuple[Any, int]) -> dict[int, _Row] | None:
-        return self._by_storage.get(key[0], {}).get(key[1])
-
-    def __setitem__(self, key: tuple[Any, int], rows: dict[int, _Row]) -> None:
-        self._by_storage.setdefault(key[0], {})[key[1]] = rows
