@@ -5,13 +5,15 @@ transaction: ~50 per trial in a 25-parameter space (tests/test_study_mirror.py c
 which made SQLite the largest share of the framework's per-trial time (docs/benchmarks.md,
 "Framework overhead at scale"). The search samples, prunes and tells against an in-memory copy
 instead, and `persist` writes a trial to the durable study in one transaction when it starts
-(parameters, costs, spec) and in one to three more when it ends (its intermediate accuracies,
-constraint values, state and values).
+(parameters, costs, spec) and in one more when it ends (its intermediate accuracies, constraint
+values, state and values; one to three through Optuna's API).
 
-The start is still ~60 ORM statements (Optuna checks each parameter's distribution), so it is
-written by a background thread while the trial trains; every later write waits for it, so the
-durable study never records a trial's end before its start. A driver killed in between leaves
-a trial out of the durable study: `pad_to` re-aligns trial numbers on resume (see
+On an RDB storage those transactions go through `nas.rdb_trial_writer`, a few statements each
+(Optuna's own create takes ~60: it re-checks every parameter's distribution, which the in-memory
+study has already done); other storages get Optuna's API. The start is written by a background
+thread while the trial trains; every later write waits for it, so the durable study never
+records a trial's end before its start. A driver killed in between leaves a trial out of the
+durable study: `pad_to` re-aligns trial numbers on resume (see
 `SearchController`), where trials.csv, written synchronously, still has the trial.
 
 The durable study stays the record: a resumed search loads it back into memory, trials that were
@@ -22,7 +24,6 @@ search driver writes a study at a time (as before: trial numbers are the driver'
 from __future__ import annotations
 
 import copy
-import math
 import queue
 import threading
 from typing import Any
@@ -30,12 +31,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import rdb_trial_writer
+from nas.rdb_trial_writer import changes
+
 
 class StudyMirror:
     """`study` is the in-memory working copy of `durable`; call `persist` after each change."""
 
-    def __init__(self, durable: optuna.Study) -> None:
+    def __init__(self, durable: optuna.Study, direct: bool = True) -> None:
+        """`direct`: write trials to an RDB storage in a few statements per transaction
+        (`nas.rdb_trial_writer`); False, or a storage it cannot write, uses Optuna's API."""
         self.durable = durable
+        self._rdb = rdb_trial_writer.rdb_backend(durable._storage) if direct else None
         self.study = optuna.create_study(
             storage=optuna.storages.InMemoryStorage(), study_name=durable.study_name,
             sampler=durable.sampler, pruner=durable.pruner, directions=durable.directions,
@@ -130,30 +137,26 @@ class StudyMirror:
     def _write(self, trial_id: int, now: FrozenTrial, attrs: dict[str, Any]) -> None:
         storage = self.durable._storage
         durable_id = self._durable_id.get(trial_id)
-        if durable_id is None:
+        if self._rdb is not None and durable_id is None:
+            self._durable_id[trial_id] = rdb_trial_writer.create_trial(
+                self._rdb, self.durable._study_id, now)
+        elif self._rdb is not None:
+            rdb_trial_writer.update_trial(self._rdb, durable_id, self._written[trial_id], now)
+        elif durable_id is None:
             self._durable_id[trial_id] = storage.create_new_trial(self.durable._study_id,
                                                                   template_trial=now)
         else:
             old = self._written[trial_id]
-            for key, value in _changed(old.user_attrs, now.user_attrs):
+            for key, value in changes(old.user_attrs, now.user_attrs):
                 storage.set_trial_user_attr(durable_id, key, value)
-            for key, value in _changed(old.system_attrs, now.system_attrs):
+            for key, value in changes(old.system_attrs, now.system_attrs):
                 storage.set_trial_system_attr(durable_id, key, value)
-            for step, value in _changed(old.intermediate_values, now.intermediate_values):
+            for step, value in changes(old.intermediate_values, now.intermediate_values):
                 storage.set_trial_intermediate_value(durable_id, step, value)
             if now.state != old.state or now.values != old.values:
                 storage.set_trial_state_values(durable_id, now.state, now.values)
         self._written[trial_id] = now
-        for key, value in _changed(self._study_attrs, attrs):
+        for key, value in changes(self._study_attrs, attrs):
             storage.set_study_system_attr(self.durable._study_id, key, value)
         self._study_attrs = attrs
 
-
-def _changed(old: dict[Any, Any], new: dict[Any, Any]) -> list[tuple[Any, Any]]:
-    return [(k, v) for k, v in new.items() if k not in old or not _same(old[k], v)]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b

@@ -1,5 +1,7 @@
 """The search samples against an in-memory study and persists each trial to SQLite in a few
-transactions: the durable study must end up identical, survive a resume, and cost few commits."""
+transactions: the durable study must end up identical, survive a resume, and cost few commits.
+Every test runs with both writers: `nas.rdb_trial_writer` (the default) and Optuna's public API
+(the fallback for storages that writer cannot handle)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from test_pruning import _config, _fake_costs, _simulate
 
+from nas import rdb_trial_writer
 from nas.controller import SearchController
 from nas.experiment import open_storage, read_trials_csv
 from nas.objectives import parse_objectives
@@ -19,6 +22,14 @@ from nas.strategy import SAMPLERS, make_pruner, make_sampler
 from search_spaces import get_space
 
 OBJECTIVES = parse_objectives("accuracy,macs")
+
+
+@pytest.fixture(autouse=True, params=["direct", "optuna"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which writer the mirror uses; "optuna" is what a storage the direct writer refuses gets."""
+    if request.param == "optuna":
+        monkeypatch.setattr(rdb_trial_writer, "rdb_backend", lambda storage: None)
+    return request.param
 
 
 def _durable(tmp_path: Path, sampler: str, seed: int = 0) -> optuna.Study:
@@ -56,15 +67,20 @@ def _reloaded(tmp_path: Path) -> optuna.Study:
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_durable_study_equals_the_in_memory_one(tmp_path: Path, sampler: str) -> None:
+def test_durable_study_equals_the_in_memory_one(tmp_path: Path, sampler: str,
+                                                writer: str) -> None:
     ctrl = _controller(tmp_path, _durable(tmp_path, sampler))
     assert isinstance(ctrl.study._storage, optuna.storages.InMemoryStorage)
+    assert (ctrl.mirror._rdb is not None) == (writer == "direct")
     _simulate(ctrl, 10)
     ctrl.flush()
     memory, durable = ctrl.study, _reloaded(tmp_path)
     states = {t.state for t in memory.trials}
     assert TrialState.COMPLETE in states and len(memory.trials) >= 10
     assert [_content(t) for t in durable.trials] == [_content(t) for t in memory.trials]
+    if writer == "direct":  # Optuna's API stamps its own completion time; this copies memory's
+        assert [(t.datetime_start, t.datetime_complete) for t in durable.trials] == [
+            (t.datetime_start, t.datetime_complete) for t in memory.trials]
     # Sampler state kept on the study, e.g. NSGA-II's population cache or QMC's sequence id.
     assert _study_attrs(durable) == _study_attrs(memory)
 
@@ -132,6 +148,7 @@ def test_a_failed_background_write_stops_the_search_with_its_cause(tmp_path: Pat
         raise OSError("disk full")
 
     ctrl.mirror.durable._storage.create_new_trial = refuse
+    ctrl.mirror.durable._storage._backend.scoped_session = refuse  # what the direct writer uses
     ctrl.next_trial()
     with pytest.raises(RuntimeError, match="disk full"):
         ctrl.flush()
