@@ -103,19 +103,22 @@ def _session(rdb: optuna.storages.RDBStorage) -> Iterator[Any]:
 def _write_rows(session: Any, trial_id: int, old: FrozenTrial | None, new: FrozenTrial,
                 existing: Callable[[type, str], dict[Any, Any]]) -> None:
     """Insert or update the attribute, intermediate-value and value rows in which `new` differs
-    from `old` (None for a new trial); `existing(model, key column)` gives the trial's rows."""
+    from `old` (None for a new trial); `existing(model, key column)` gives the trial's rows. The
+    durable trial holds exactly `old`, so its rows are read only when a changed key is in `old`."""
     for cls, field in ((models.TrialUserAttributeModel, "user_attrs"),
                        (models.TrialSystemAttributeModel, "system_attrs")):
-        diff = changes(getattr(old, field) if old else {}, getattr(new, field))
-        rows = existing(cls, "key") if diff else {}
+        before = getattr(old, field) if old else {}
+        diff = changes(before, getattr(new, field))
+        rows = existing(cls, "key") if any(k in before for k, _ in diff) else {}
         for key, value in diff:
             if key in rows:
                 rows[key].value_json = json.dumps(value)
             else:
                 session.add(cls(trial_id=trial_id, key=key, value_json=json.dumps(value)))
     inter = models.TrialIntermediateValueModel
-    diff = changes(old.intermediate_values if old else {}, new.intermediate_values)
-    rows = existing(inter, "step") if diff else {}
+    before = old.intermediate_values if old else {}
+    diff = changes(before, new.intermediate_values)
+    rows = existing(inter, "step") if any(k in before for k, _ in diff) else {}
     for step, value in diff:
         stored, kind = inter.intermediate_value_to_stored_repr(value)
         if step in rows:
@@ -125,7 +128,7 @@ def _write_rows(session: Any, trial_id: int, old: FrozenTrial | None, new: Froze
                               intermediate_value_type=kind))
     if new.values is None or (old is not None and _same(old.values, new.values)):
         return
-    rows = existing(models.TrialValueModel, "objective")
+    rows = existing(models.TrialValueModel, "objective") if old and old.values else {}
     for objective, value in enumerate(new.values):
         stored, kind = models.TrialValueModel.value_to_stored_repr(value)
         if objective in rows:
