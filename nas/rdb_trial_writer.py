@@ -1,8 +1,9 @@
 """Write one trial's changes to Optuna's RDB storage in one transaction with a handful of statements.
 
 Optuna's `RDBStorage.create_new_trial(template_trial=...)` looks the trial up again and queries the
-study's earlier distributions for every parameter, then flushes: ~60 ORM statements and ~60 ms of
-driver CPU per trial in our 24-parameter space, which was half of the search's per-trial overhead
+study's earlier distributions for every parameter, then flushes: ~60 ORM statements and 37-48 ms of
+CPU per trial in our 24-parameter space (`bench/study_writes.py`; 6-7 ms here), which made the
+study writes about half of the search's per-trial overhead
 (docs/benchmarks.md, "Third round"). The search's trials come from its in-memory study, where
 Optuna already checked every value and distribution, so here the rows are written as they are:
 one insert of the trial, one count for its number, then its parameters, attributes, values and
