@@ -24,6 +24,7 @@ search driver writes a study at a time (as before: trial numbers are the driver'
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import threading
 from typing import Any
@@ -33,6 +34,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nas import rdb_trial_writer
 from nas.rdb_trial_writer import changes
+
+WRITES_ENV = "NAS_STUDY_WRITES"  # "optuna": Optuna's API; anything else: the direct writer
 
 
 class StudyMirror:
@@ -75,10 +78,12 @@ class StudyMirror:
 
     @staticmethod
     def wrap(study: optuna.Study) -> StudyMirror | None:
-        """A mirror for a study on durable storage; None for an in-memory study (nothing to save)."""
+        """A mirror for a study on durable storage; None for an in-memory study (nothing to save).
+        `NAS_STUDY_WRITES=optuna` in the environment writes through Optuna's API instead of
+        `nas.rdb_trial_writer`: the way out should a database or Optuna release disagree with it."""
         if isinstance(study._storage, optuna.storages.InMemoryStorage):
             return None
-        return StudyMirror(study)
+        return StudyMirror(study, direct=os.environ.get(WRITES_ENV, "direct") != "optuna")
 
     def persist(self, trial_id: int) -> None:
         """Bring the durable copy of memory trial `trial_id` up to date (and the study's sampler

@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from nas import rdb_trial_writer
 from nas.experiment import open_storage
+from nas.study_mirror import WRITES_ENV, StudyMirror
 
 DISTRIBUTIONS = {"radix": IntDistribution(0, 4), "width": FloatDistribution(0.5, 2.0, log=True),
                  "pool": CategoricalDistribution(["avg", "max", None])}
@@ -126,3 +127,12 @@ def test_only_rdb_storages_are_written_directly(tmp_path: Path) -> None:
     assert rdb_trial_writer.rdb_backend(optuna.storages.InMemoryStorage()) is None
     journal = JournalStorage(JournalFileBackend(str(tmp_path / "j.log")))
     assert rdb_trial_writer.rdb_backend(journal) is None
+
+
+def test_the_environment_can_turn_the_direct_writer_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study(tmp_path)
+    monkeypatch.setenv(WRITES_ENV, "optuna")
+    assert StudyMirror.wrap(study)._rdb is None
+    monkeypatch.delenv(WRITES_ENV)
+    assert StudyMirror.wrap(study)._rdb is not None
