@@ -13,7 +13,8 @@ The rows are Optuna's own ORM models (`optuna.storages._rdb.models`), built thro
 constructors so that Optuna's conversions (UTC datetimes, inf/NaN encodings, JSON attributes)
 apply. That module is private: `rdb_backend` returns None when it does not look as expected, and
 the caller then uses Optuna's public API. `tests/test_study_mirror.py` checks that both paths
-leave identical studies, datetimes included.
+leave the in-memory study's trials in the durable one (this path its start and completion times
+too); `tests/test_rdb_trial_writer.py` reads trials back through Optuna.
 """
 
 from __future__ import annotations
@@ -106,37 +107,31 @@ def _write_rows(session: Any, trial_id: int, old: FrozenTrial | None, new: Froze
     """Insert or update the attribute, intermediate-value and value rows in which `new` differs
     from `old` (None for a new trial); `existing(model, key column)` gives the trial's rows. The
     durable trial holds exactly `old`, so its rows are read only when a changed key is in `old`."""
-    for cls, field in ((models.TrialUserAttributeModel, "user_attrs"),
-                       (models.TrialSystemAttributeModel, "system_attrs")):
-        before = getattr(old, field) if old else {}
-        diff = changes(before, getattr(new, field))
-        rows = existing(cls, "key") if any(k in before for k, _ in diff) else {}
-        for key, value in diff:
+    inter, value = models.TrialIntermediateValueModel, models.TrialValueModel
+    tables = (  # model, key column, the field as a dict, the columns a value is stored in
+        (models.TrialUserAttributeModel, "key", lambda t: t.user_attrs, _json_columns),
+        (models.TrialSystemAttributeModel, "key", lambda t: t.system_attrs, _json_columns),
+        (inter, "step", lambda t: t.intermediate_values,
+         lambda v: dict(zip(("intermediate_value", "intermediate_value_type"),
+                            inter.intermediate_value_to_stored_repr(v), strict=True))),
+        (value, "objective", lambda t: dict(enumerate(t.values or ())),
+         lambda v: dict(zip(("value", "value_type"), value.value_to_stored_repr(v),
+                            strict=True))),
+    )
+    for cls, key_column, field, columns in tables:
+        before = field(old) if old else {}
+        diff = changes(before, field(new))
+        rows = existing(cls, key_column) if any(k in before for k, _ in diff) else {}
+        for key, item in diff:
             if key in rows:
-                rows[key].value_json = json.dumps(value)
+                for column, stored in columns(item).items():
+                    setattr(rows[key], column, stored)
             else:
-                session.add(cls(trial_id=trial_id, key=key, value_json=json.dumps(value)))
-    inter = models.TrialIntermediateValueModel
-    before = old.intermediate_values if old else {}
-    diff = changes(before, new.intermediate_values)
-    rows = existing(inter, "step") if any(k in before for k, _ in diff) else {}
-    for step, value in diff:
-        stored, kind = inter.intermediate_value_to_stored_repr(value)
-        if step in rows:
-            rows[step].intermediate_value, rows[step].intermediate_value_type = stored, kind
-        else:
-            session.add(inter(trial_id=trial_id, step=step, intermediate_value=stored,
-                              intermediate_value_type=kind))
-    if new.values is None or (old is not None and _same(old.values, new.values)):
-        return
-    rows = existing(models.TrialValueModel, "objective") if old and old.values else {}
-    for objective, value in enumerate(new.values):
-        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-        if objective in rows:
-            rows[objective].value, rows[objective].value_type = stored, kind
-        else:
-            session.add(models.TrialValueModel(trial_id=trial_id, objective=objective,
-                                               value=stored, value_type=kind))
+                session.add(cls(trial_id=trial_id, **{key_column: key}, **columns(item)))
+
+
+def _json_columns(value: Any) -> dict[str, str]:
+    return {"value_json": json.dumps(value)}
 
 
 def changes(old: dict[Any, Any], new: dict[Any, Any]) -> list[tuple[Any, Any]]:
