@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of docs/benchmarks.md ("GPU" section), for a CUDA machine with torch, timm
-# and nvidia-ml-py installed. Logs go to ${OUT:-runs/gpu}.
+# and nvidia-ml-py installed (and the project's own dependencies, Ray among them, for
+# bench/gpu_search.py). Logs go to ${OUT:-runs/gpu}.
 #   bash bench/gpu_session.sh            # both parts
 #   bash bench/gpu_session.sh 1          # part 1: checks, trials per GPU, short vs-timm runs
 #   bash bench/gpu_session.sh 2          # part 2: longer vs-timm runs, formats, A/A, units
@@ -16,6 +17,11 @@ $py -c "import torch, timm, platform; print('torch', torch.__version__, 'timm', 
 if [ "$part" != 2 ]; then
   $py bench/gpu_checks.py 2>&1 | tee "$out/gpu_checks.txt"
   $py bench/gpu_trials.py --device cuda --epochs 10 --formats 3 --output "$out/gpu_trials.json" 2>&1 | tee "$out/gpu_trials.txt"
+  if $py -c "import ray.tune" 2>/dev/null; then  # real searches through Ray Tune, 1/2/4 per GPU
+    $py bench/gpu_search.py --rounds 2 --out "$out/gpu-search" 2>&1 | tee "$out/gpu_search.txt"
+  else
+    echo "Ray is not installed here: skipping bench/gpu_search.py" | tee "$out/gpu_search.txt"
+  fi
   for fmt in "" "--channels-last"; do
     timm_bench $fmt --rounds 10 --steps-per-round 5 --warmup 3 2>&1 | tee -a "$out/vs_timm.txt"
   done

@@ -77,7 +77,8 @@ def worker(index: int, tasks: Any, results: Any, go: Any, threads: int) -> None:
 
 
 class Utilisation:
-    """Samples NVML's GPU utilisation on a thread between start() and stop()."""
+    """Samples NVML's GPU utilisation, and how many processes hold a CUDA context on the GPU, on
+    a thread between start() and stop()."""
 
     def __init__(self) -> None:
         try:
@@ -88,10 +89,11 @@ class Utilisation:
         except Exception:  # no NVML (CPU machine, or the package is missing)
             self._nvml = None
         self.samples: list[int] = []
+        self.processes: list[int] = []
         self._stop = threading.Event()
 
     def start(self) -> None:
-        self.samples, self._stop = [], threading.Event()
+        self.samples, self.processes, self._stop = [], [], threading.Event()
         if self._nvml is not None:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
@@ -99,6 +101,11 @@ class Utilisation:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            try:
+                count = len(self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle))
+            except self._nvml.NVMLError:
+                count = -1
+            self.processes.append(count)
 
     def stop(self) -> float | None:
         self._stop.set()
@@ -106,6 +113,11 @@ class Utilisation:
             return None
         self._thread.join()
         return statistics.mean(self.samples) if self.samples else None
+
+    def busy_mean(self) -> float | None:
+        """Mean utilisation over the samples taken while some process held the GPU."""
+        busy = [u for u, n in zip(self.samples, self.processes, strict=False) if n > 0]
+        return statistics.mean(busy) if busy else None
 
 
 class Pool:
