@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs allowed")
     p.add_argument("--concurrency", type=int, default=None,
-                   help="trials at once (default: local CPUs / cpus-per-trial)")
+                   help="trials at once (default: as many as fit on Ray's free CPUs and, with "
+                        "--gpus-per-trial, its GPUs)")
     p.add_argument("--address", default=None, help="join a Ray cluster (host:port or auto)")
     p.add_argument("--storage", default="", help="Optuna storage URL (default OUT/NAME/study.db)")
     p.add_argument("--out", default="experiments", help="directory holding experiments")
@@ -238,6 +239,21 @@ def check_gpus(per_trial: float, available: float, address: str | None) -> None:
               "the CPUs; --gpus-per-trial 0.25 runs four small candidates per GPU", file=sys.stderr)
 
 
+def default_concurrency(cpus: float, gpus: float, cpus_per_trial: float,
+                        gpus_per_trial: float) -> int:
+    """Trials that fit at once on the free CPUs and, when trials take GPUs, on the free GPUs.
+
+    Counting CPUs alone over-asks on a GPU box (16 CPUs, 1 GPU, `--gpus-per-trial 0.5` would
+    mean 16 proposals for 2 places): the surplus waits in Tune's queue, sampled before any of
+    the running trials report, and is cut off by the time budget."""
+    fit = int(cpus / cpus_per_trial + 1e-9)
+    if 0 < gpus_per_trial < 1:  # Ray packs a fraction within one GPU: 0.3 fits 3 times per GPU
+        fit = min(fit, int(gpus + 1e-9) * int(1 / gpus_per_trial + 1e-9))
+    elif gpus_per_trial >= 1:
+        fit = min(fit, int(gpus / gpus_per_trial + 1e-9))
+    return max(1, fit)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config, runtime = config_from_args(args)
@@ -279,9 +295,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         (exp / "experiment.json").write_text(config.to_json())
     study = open_study(config, exp, objectives, resume=args.resume)
     controller = make_controller(config, exp, study, space, objectives, costs, args.resume)
-    concurrency = runtime["concurrency"] or max(
-        1, int(ray_runner.available_cpus() // runtime["cpus_per_trial"])
-    )
+    concurrency = runtime["concurrency"] or default_concurrency(
+        ray_runner.available_cpus(), ray_runner.available_gpus(), runtime["cpus_per_trial"],
+        runtime["gpus_per_trial"])
     print(f"searching {space.name} on {config.data} ({config.image_size} px): "
           f"{config.trials} trials, {config.epochs} epochs, {config.time_budget_s:.0f}s budget, "
           f"objectives {','.join(config.objectives)}, sampler {config.sampler}, "

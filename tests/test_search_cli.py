@@ -119,6 +119,25 @@ def test_check_gpus(per_trial: float, available: float, address: str | None, out
     assert (outcome in err) if outcome else err == ""
 
 
+@pytest.mark.parametrize(("cpus", "gpus", "cpus_per_trial", "gpus_per_trial", "expected"), [
+    (2, 0, 1, 0, 2),  # CPU-only: the CPUs decide
+    (16, 1, 1, 0, 16),  # GPUs left idle (--gpus-per-trial 0) do not limit CPU trials
+    (16, 1, 1, 0.5, 2),  # a GPU box: 2 places on the GPU, not 16 proposals
+    (16, 1, 2, 0.25, 4),
+    (16, 1, 2, 0.1, 8),  # here the CPUs are the limit
+    (16, 3, 1, 0.3, 9),  # a fraction packs within one GPU: 3 per GPU, not 3 / 0.3 = 10
+    (16, 4, 1, 2, 2),  # whole GPUs per trial
+    (16, 2, 1, 1 / 3, 6),  # 1 / (1/3) rounds to 3 per GPU, not 2
+    (4, 0, 1, 0.5, 1),  # a cluster whose GPU nodes have not joined yet: one proposal waits
+    (1, 0, 2, 0, 1),  # never below one
+])
+def test_default_concurrency_counts_gpus(cpus: float, gpus: float, cpus_per_trial: float,
+                                         gpus_per_trial: float, expected: int) -> None:
+    from nas.search import default_concurrency
+
+    assert default_concurrency(cpus, gpus, cpus_per_trial, gpus_per_trial) == expected
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400)])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds

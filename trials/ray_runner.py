@@ -125,6 +125,10 @@ def available_cpus() -> float:
     return float(ray.available_resources().get("CPU", 1.0))
 
 
+def available_gpus() -> float:
+    return float(ray.available_resources().get("GPU", 0.0))
+
+
 def cluster_gpus() -> float:
     """GPUs of the connected Ray cluster's current nodes (an autoscaler may add more later)."""
     return float(ray.cluster_resources().get("GPU", 0.0))
