@@ -245,12 +245,13 @@ def default_concurrency(cpus: float, gpus: float, cpus_per_trial: float,
 
     Counting CPUs alone over-asks on a GPU box (16 CPUs, 1 GPU, `--gpus-per-trial 0.5` would
     mean 16 proposals for 2 places): the surplus waits in Tune's queue, sampled before any of
-    the running trials report, and is cut off by the time budget."""
+    the running trials report, and is cut off by the time budget. With no free GPU yet (a
+    cluster whose GPU nodes an autoscaler has still to add), the CPUs decide, as before."""
     fit = int(cpus / cpus_per_trial + 1e-9)
-    if 0 < gpus_per_trial < 1:  # Ray packs a fraction within one GPU: 0.3 fits 3 times per GPU
-        fit = min(fit, int(gpus + 1e-9) * int(1 / gpus_per_trial + 1e-9))
-    elif gpus_per_trial >= 1:
-        fit = min(fit, int(gpus / gpus_per_trial + 1e-9))
+    if gpus_per_trial > 0 and gpus > 0:
+        per_gpu = int(1 / gpus_per_trial + 1e-9)  # Ray packs a fraction within one GPU
+        fit = min(fit, int(gpus + 1e-9) * per_gpu if gpus_per_trial < 1
+                  else int(gpus / gpus_per_trial + 1e-9))
     return max(1, fit)
 
 

@@ -128,7 +128,7 @@ def test_check_gpus(per_trial: float, available: float, address: str | None, out
     (16, 3, 1, 0.3, 9),  # a fraction packs within one GPU: 3 per GPU, not 3 / 0.3 = 10
     (16, 4, 1, 2, 2),  # whole GPUs per trial
     (16, 2, 1, 1 / 3, 6),  # 1 / (1/3) rounds to 3 per GPU, not 2
-    (4, 0, 1, 0.5, 1),  # a cluster whose GPU nodes have not joined yet: one proposal waits
+    (4, 0, 1, 0.5, 4),  # no GPU yet (an autoscaler may add GPU nodes): the CPUs decide
     (1, 0, 2, 0, 1),  # never below one
 ])
 def test_default_concurrency_counts_gpus(cpus: float, gpus: float, cpus_per_trial: float,
