@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_trials import Pool, Utilisation, steady, trial_config  # noqa: E402
+from search_throughput import read_trials  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,15 +75,10 @@ def search(args: argparse.Namespace, k: int, gpu: Utilisation, round_: int) -> d
     wall = time.perf_counter() - start
     util = gpu.stop()
     table = {row["trial_id"]: row for row in csv.DictReader((args.out / name / "trials.csv").open())}
-    trials = {}
-    for trial in sorted((args.out / name / "trials").iterdir()):
-        curve = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
-        trials[trial.name] = {"spec": str(trial / "spec.json"),
-                              "key": json.dumps(json.loads((trial / "spec.json").read_text()),
-                                                sort_keys=True),
-                              "tag": table[trial.name]["tag"],
-                              "macs": float(table[trial.name]["macs"]),
-                              "images_per_s": [e["images_per_s"] for e in curve]}
+    trials = read_trials(args.out / name)
+    for trial_id, trial in trials.items():
+        trial.update(spec=str(trial["spec"]), tag=table[trial_id]["tag"],
+                     macs=float(table[trial_id]["macs"]))
     return {"k": k, "round": round_ + 1, "wall_s": wall, "util": util, "busy_util": gpu.busy_mean(),
             "max_processes": max(gpu.processes, default=None), "trials": trials}
 
@@ -110,8 +106,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]],
              for key in (alone_rounds[0] if alone_rounds else {})}
     by_k = {k: [run for run in runs if run["k"] == k] for k in args.concurrency}
     rate = {k: {key: statistics.median(steady(t["images_per_s"]) for run in rs
-                                       for t in run["trials"].values() if t["key"] == key)
-                for key in {t["key"] for run in rs for t in run["trials"].values()}}
+                                       for t in run["trials"].values() if t["hash"] == key)
+                for key in {t["hash"] for run in rs for t in run["trials"].values()}}
             for k, rs in by_k.items()}
     print(f"\nMedians over {args.rounds} round(s).\n| trials per GPU | search wall s | processes "
           "on the GPU at once (max) | GPU utilisation, whole search / while a trial process held "
@@ -132,8 +128,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]],
     print("\n| trial | MMACs | standalone images/s | " + " | ".join(f"k={k}" for k in by_k)
           + " |\n|---|---|---|" + "---|" * len(by_k))
     for trial_id, t in runs[0]["trials"].items():
-        cells = [f"{rate[k][t['key']]:,.0f}" if t["key"] in rate[k] else "-" for k in by_k]
-        alone_rate = f"{alone[t['key']]:,.0f}" if t["key"] in alone else "-"
+        cells = [f"{rate[k][t['hash']]:,.0f}" if t["hash"] in rate[k] else "-" for k in by_k]
+        alone_rate = f"{alone[t['hash']]:,.0f}" if t["hash"] in alone else "-"
         print(f"| {trial_id} {t['tag']} | {t['macs'] / 1e6:.1f} | {alone_rate} | "
               + " | ".join(cells) + " |")
 
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if r % 2 == 1 and not args.no_standalone:
             alone_rounds.append(standalone(args, specs))
         runs.extend(search(args, k, gpu, r) for k in args.concurrency)
-        specs = specs or {t["key"]: t["spec"] for t in runs[0]["trials"].values()}
+        specs = specs or {t["hash"]: t["spec"] for t in runs[0]["trials"].values()}
         if r % 2 == 0 and not args.no_standalone:
             alone_rounds.append(standalone(args, specs))
     report(args, runs, alone_rounds)

@@ -59,8 +59,14 @@ def search(args: argparse.Namespace, name: str) -> dict[str, dict[str, Any]]:
           "--cpus-per-trial", "1", "--time-budget", "60m"],
          env=None if args.worker_niceness is None
          else {"RAY_worker_niceness": str(args.worker_niceness)})
+    return read_trials(args.out / name)
+
+
+def read_trials(experiment: Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> its spec file, the spec as sorted JSON (equal specs, equal text: the same
+    seeded proposal in another search) and images/s per epoch, from the trial directories."""
     out = {}
-    for trial in sorted((args.out / name / "trials").iterdir()):
+    for trial in sorted((experiment / "trials").iterdir()):
         curve = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
         spec = json.loads((trial / "spec.json").read_text())
         out[trial.name] = {"spec": trial / "spec.json", "hash": json.dumps(spec, sort_keys=True),

@@ -2,8 +2,8 @@
 
 Each round writes the same trial (24 resnest parameters, the attributes the search sets) once
 through each writer into its own study, alternating which goes first: the start (create with
-every parameter and attribute) and the end (the changed curve attribute, state and values), as `nas.study_mirror.StudyMirror` does. Prints the median milliseconds of
-each and the ratios.
+every parameter and attribute) and the end (the changed curve attribute, state and values), as
+`nas.study_mirror.StudyMirror` does. Prints the median milliseconds of each and the ratios.
 
     python bench/study_writes.py --trials 100
 """

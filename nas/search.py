@@ -248,10 +248,10 @@ def default_concurrency(cpus: float, gpus: float, cpus_per_trial: float,
     the running trials report, and is cut off by the time budget. With no free GPU yet (a
     cluster whose GPU nodes an autoscaler has still to add), the CPUs decide, as before."""
     fit = int(cpus / cpus_per_trial + 1e-9)
-    if gpus_per_trial > 0 and gpus > 0:
-        per_gpu = int(1 / gpus_per_trial + 1e-9)  # Ray packs a fraction within one GPU
-        fit = min(fit, int(gpus + 1e-9) * per_gpu if gpus_per_trial < 1
-                  else int(gpus / gpus_per_trial + 1e-9))
+    if 0 < gpus_per_trial < 1 and gpus > 0:  # Ray packs a fraction within one GPU
+        fit = min(fit, int(gpus + 1e-9) * int(1 / gpus_per_trial + 1e-9))
+    elif gpus_per_trial >= 1 and gpus > 0:
+        fit = min(fit, int(gpus / gpus_per_trial + 1e-9))
     return max(1, fit)
 
 
