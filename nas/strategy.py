@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial
 
 from nas.objectives import Objective
 from nas.pareto_pruner import ParetoPruner
+from nas.tpe_sampler import make_tpe_sampler
 from search_spaces.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "qmc")
@@ -36,7 +37,8 @@ def make_sampler(
     startup = max(4, min(10, n_trials // 4))
     population = max(4, min(50, n_trials // 4))
     if name == "tpe":
-        return optuna.samplers.TPESampler(
+        # Optuna's TPE with its repeated per-ask work cached (same proposals, nas/tpe_sampler.py).
+        return make_tpe_sampler(
             seed=seed, n_startup_trials=startup, multivariate=True, group=True,
             constraints_func=constraints,
         )
