@@ -16,13 +16,15 @@ parameters once per group. The model, the random stream and so the proposals are
 (`tests/test_tpe_sampler.py` compares them trial by trial with the stock sampler).
 
 The caches rely on private parts of Optuna's TPE (present from 4.2 to 5.x). `make_tpe_sampler`
-returns the stock sampler where they are missing, and where `constant_liar` is on (its split
-includes running trials, whose parameters are still being written).
+returns the stock sampler where they are missing. With `constant_liar` (on by default in Optuna
+5) the split also holds the other running trials, whose parameters are read afresh at every ask:
+only finished trials' conversions are kept.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ except ImportError:  # pragma: no cover - depends on the installed Optuna
     _GroupDecomposedSearchSpace = object  # type: ignore[assignment,misc]
 
 _FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+_LIAR_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def caching_supported() -> bool:
@@ -89,7 +92,10 @@ class CachingTPESampler(TPESampler):
         super().__init__(**kwargs)
         if self._group:
             self._group_decomposed_search_space = _IncrementalGroupDecomposition(True)
-        self._split_memo: dict[str, tuple[list[FrozenTrial], list[FrozenTrial]]] | None = None
+        # Per thread (Optuna may ask from several): the split of the `sample_relative` call in
+        # progress, once computed. Outside such a call (`sample_independent`, which may follow
+        # other tells) nothing is kept.
+        self._split_memo: dict[int, list[tuple[list[FrozenTrial], list[FrozenTrial]]]] = {}
         # (parameter names, their distributions) -> trial id -> internal values or None (a
         # trial without all of them). Only finished trials are stored: theirs never change.
         self._internal_repr_cache: dict[tuple, dict[int, tuple | None]] = {}
@@ -97,26 +103,25 @@ class CachingTPESampler(TPESampler):
     def sample_relative(self, study: Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         """One split serves every parameter group of this ask."""
-        self._split_memo = {}
+        self._split_memo[threading.get_ident()] = []
         try:
             return super().sample_relative(study, trial, search_space)
         finally:
-            self._split_memo = None
+            self._split_memo.pop(threading.get_ident(), None)
 
     def _sample(self, study: Study, trial: FrozenTrial,
                 search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        """Optuna's `_sample` without constant liar; the finished trials and their split are
-        looked up in this ask's memo (every group of one ask sees the same study)."""
+        """Optuna's `_sample`, except that within one `sample_relative` call every parameter
+        group shares one split: they all see the same trials."""
         if self._gamma is None:
             self._gamma = (_tpe_module.default_gamma if len(study.directions) <= 1
                            else _tpe_module.default_gamma_multiobjective)
-        split = self._split_memo.get("split") if self._split_memo is not None else None
-        if split is None:
-            trials = study._get_trials(deepcopy=False, states=_FINISHED_STATES, use_cache=True)
-            split = _tpe_module._split_trials(study, trials, self._gamma(len(trials)))
-            if self._split_memo is not None:
-                self._split_memo["split"] = split
-        below_trials, above_trials = split
+        memo = self._split_memo.get(threading.get_ident())
+        if not memo:
+            split = self._split(study, trial)
+            if memo is not None:
+                memo.append(split)
+        below_trials, above_trials = memo[0] if memo else split
         mpe_below = self._build_parzen_estimator(study, search_space, below_trials,
                                                  handle_below=True)
         mpe_above = self._build_parzen_estimator(study, search_space, above_trials,
@@ -125,6 +130,18 @@ class CachingTPESampler(TPESampler):
         acquisition = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
         chosen = TPESampler._compare(samples_below, acquisition)
         return {name: dist.to_external_repr(chosen[name]) for name, dist in search_space.items()}
+
+    def _split(self, study: Study, trial: FrozenTrial) -> tuple[list[FrozenTrial],
+                                                                list[FrozenTrial]]:
+        """The trials TPE models, split into below and above, as Optuna's `_sample` splits them:
+        with constant liar (Optuna 5's default) the other running trials count as above."""
+        if self._constant_liar:
+            trials = study._get_trials(deepcopy=False, states=_LIAR_STATES, use_cache=False)
+            trials = [t for t in trials if t.number != trial.number]
+        else:
+            trials = study._get_trials(deepcopy=False, states=_FINISHED_STATES, use_cache=True)
+        finished = sum(t.state != TrialState.RUNNING for t in trials)
+        return _tpe_module._split_trials(study, trials, self._gamma(finished))
 
     def _get_internal_repr(self, trials: list[FrozenTrial],
                            search_space: dict[str, BaseDistribution],
@@ -151,6 +168,6 @@ class CachingTPESampler(TPESampler):
 
 def make_tpe_sampler(**kwargs: Any) -> optuna.samplers.TPESampler:
     """A TPE sampler with Optuna's arguments: the caching one where it applies, else Optuna's."""
-    if kwargs.get("constant_liar") or not caching_supported():
+    if not caching_supported():
         return TPESampler(**kwargs)
     return CachingTPESampler(**kwargs)
