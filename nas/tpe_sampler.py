@@ -1,7 +1,7 @@
 """Optuna's TPE with its per-ask repeated work cached: the same proposals, less time per ask.
 
 With `multivariate=True, group=True` (our default), Optuna's `TPESampler` re-does, on every ask,
-work whose answer has not changed (docs/benchmarks.md, "TPE's ask"):
+work whose answer has not changed (docs/benchmarks.md, "Fourth round"):
 
 - it re-adds every finished trial to its group decomposition of the search space;
 - it splits all trials into "below" and "above" once per parameter group, although every group
