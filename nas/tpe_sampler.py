@@ -117,11 +117,12 @@ class CachingTPESampler(TPESampler):
             self._gamma = (_tpe_module.default_gamma if len(study.directions) <= 1
                            else _tpe_module.default_gamma_multiobjective)
         memo = self._split_memo.get(threading.get_ident())
-        if not memo:
-            split = self._split(study, trial)
-            if memo is not None:
-                memo.append(split)
-        below_trials, above_trials = memo[0] if memo else split
+        if memo is None:  # sample_independent: nothing shared
+            below_trials, above_trials = self._split(study, trial)
+        else:
+            if not memo:
+                memo.append(self._split(study, trial))
+            below_trials, above_trials = memo[0]
         mpe_below = self._build_parzen_estimator(study, search_space, below_trials,
                                                  handle_below=True)
         mpe_above = self._build_parzen_estimator(study, search_space, above_trials,

@@ -84,8 +84,9 @@ def test_a_finished_trial_is_converted_once() -> None:
 
 
 def _interleaved(sampler: optuna.samplers.BaseSampler) -> list[dict]:
-    """Ask-and-tell with a tell between one trial's suggestions: its later, new parameter is
-    sampled independently and must see the trial told in between, as Optuna's sampler does."""
+    """Ask-and-tell with a tell between one trial's suggestions: its later parameters, new to
+    its relative search space, are sampled independently and must see the trial told in
+    between (which is the first to carry `w{i}`), as Optuna's sampler does."""
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     proposals = []
     for i in range(24):
@@ -95,11 +96,13 @@ def _interleaved(sampler: optuna.samplers.BaseSampler) -> list[dict]:
         later = study.ask()  # proposed now, told after the next trial's first suggestions
         later.suggest_float("x", -3.0, 3.0)
         later.suggest_categorical("c", ["a", "b", "c"])
+        later.suggest_float(f"w{i}", 0.0, 1.0)
         study.tell(trial, [-(x - 1) ** 2, float(i % 5)])
         nxt = study.ask()
         nxt.suggest_float("x", -3.0, 3.0)
         study.tell(later, [-float(later.params["x"]) ** 2, float(i % 3) + (c == "b")])
         nxt.suggest_float(f"z{i % 2}", 0.0, 1.0)  # new for this trial: sampled independently
+        nxt.suggest_float(f"w{i}", 0.0, 1.0)  # observed only in `later`, told just now
         study.tell(nxt, [-abs(nxt.params["x"]), float(i % 4)])
         proposals += [trial.params, later.params, nxt.params]
     return proposals
