@@ -165,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         specs = specs or {t["hash"]: t["spec"] for t in runs[0]["trials"].values()}
         if r % 2 == 0 and not args.no_standalone:
             alone_rounds.append(standalone(args, specs))
+        # After every round, so that a run cut short by a time limit keeps what it measured.
+        (args.out / "gpu_search.json").write_text(json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+             "standalone": alone_rounds}, indent=1))
+        print(f"round {r + 1} of {args.rounds} done", flush=True)
     report(args, runs, alone_rounds)
-    (args.out / "gpu_search.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-         "standalone": alone_rounds}, indent=1))
     return 0
 
 

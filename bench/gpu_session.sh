@@ -5,6 +5,8 @@
 #   bash bench/gpu_session.sh            # both parts
 #   bash bench/gpu_session.sh 1          # part 1: checks, trials per GPU, short vs-timm runs
 #   bash bench/gpu_session.sh 2          # part 2: longer vs-timm runs, formats, A/A, units
+#   bash bench/gpu_session.sh ray        # search vs standalone over 3 alternating rounds, and
+#                                        # one trial in five hosts (process ... Tune); needs Ray
 set -o pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-runs/gpu}
@@ -14,6 +16,14 @@ part=${1:-all}
 timm_bench() { $py bench/bench_vs_timm.py --device cuda --amp --batch-size 64 --image-size 224 "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$out/gpu.txt"
 $py -c "import torch, timm, platform; print('torch', torch.__version__, 'timm', timm.__version__, 'python', platform.python_version(), 'cpus', __import__('os').cpu_count())" | tee -a "$out/gpu.txt"
+if [ "$part" = ray ]; then  # issue 6, item 3 on the GPU: medians over alternating rounds
+  $py bench/trial_hosts.py --device cuda --specs resnest:5 --rounds 2 \
+    --output "$out/trial_hosts.json" 2>&1 | tee "$out/trial_hosts.txt"
+  trap 'cp "${SCRATCH:-$out}/gpu-search/gpu_search.json" "$out/gpu_search_rounds.json"' EXIT
+  $py bench/gpu_search.py --concurrency 1 4 --trials 4 --epochs 6 --rounds 3 \
+    --out "${SCRATCH:-$out}/gpu-search" 2>&1 | tee "$out/gpu_search_rounds.txt"
+  exit 0
+fi
 if [ "$part" != 2 ]; then
   $py bench/gpu_checks.py 2>&1 | tee "$out/gpu_checks.txt"
   $py bench/gpu_trials.py --device cuda --epochs 10 --formats 3 --output "$out/gpu_trials.json" 2>&1 | tee "$out/gpu_trials.txt"
