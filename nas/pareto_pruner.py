@@ -57,8 +57,8 @@ class ParetoPruner(BasePruner):
         self.cost_attrs = tuple(cost_attrs)
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
-        # storage -> study id -> trial number -> rung data of finished trials
-        self._cache: weakref.WeakKeyDictionary[Any, dict[int, dict[int, _Row]]] = (
+        # storage -> study id -> rung data of its trials
+        self._cache: weakref.WeakKeyDictionary[Any, dict[int, _Rungs]] = (
             weakref.WeakKeyDictionary())
 
     def is_rung(self, step: int) -> bool:
@@ -72,34 +72,21 @@ class ParetoPruner(BasePruner):
         step = max(own, default=None)
         if step is None or not self.is_rung(step):
             return False
-        finished = self._finished_rows(study)
-        accuracies: list[float] = []
-        costs_of: list[tuple[float, ...]] = []
-        index = None
-        for t in study.get_trials(deepcopy=False):
-            number = t.number
-            if number == trial.number:  # as passed in (it may be newer than the study's copy)
-                if trial.state not in _PEER_STATES:
-                    continue
-                curve, costs = own, self._costs(trial)
-            else:
-                row = finished.get(number)
-                if row is None:
-                    if t.state not in _PEER_STATES:
-                        continue
-                    row = (intermediate_values(t), self._costs(t))
-                    if t.state != TrialState.RUNNING:
-                        finished[number] = row  # a finished trial's values no longer change
-                curve, costs = row
-            if step in curve and costs is not None:
-                if number == trial.number:
-                    index = len(accuracies)
-                accuracies.append(curve[step])
-                costs_of.append(costs)
-        if index is None:
+        costs = self._costs(trial) if trial.state in _PEER_STATES else None
+        if costs is None:
             return False  # Missing costs: no basis to rank it; let it run.
+        # The rung's peers: finished ones from the cache, running ones (their values still
+        # change) read afresh, and the deciding trial as passed in (it may be newer than the
+        # study's copy); ranked in trial-number order, as ties and crowding depend on order.
+        numbers, accuracies, costs_of = self._state(study).peers(study, step, self, trial.number)
+        numbers.append(trial.number)
+        accuracies.append(own[step])
+        costs_of.append(costs)
+        order = np.argsort(np.array(numbers), kind="stable")
+        index = int(np.flatnonzero(order == len(numbers) - 1)[0])
         values = np.column_stack([np.array(accuracies, dtype=float),
                                   np.array(costs_of, dtype=float).reshape(len(accuracies), -1)])
+        values = values[order]
         values[~np.isfinite(values[:, 0]), 0] = -np.inf
         keep = max(1, len(accuracies) // self.reduction_factor)
         promoted = top_k_with_ties(values, [True] + [False] * len(self.cost_attrs), keep)
@@ -109,12 +96,12 @@ class ParetoPruner(BasePruner):
         costs = tuple(trial.user_attrs.get(a) for a in self.cost_attrs)
         return None if None in costs else costs
 
-    def _finished_rows(self, study: optuna.Study) -> dict[int, _Row]:
-        """Rung data of the study's finished trials, read once each: without it every decision
-        re-read every past trial's attributes, a per-decision cost that grew with the search.
-        Keyed by the storage held weakly: a pruner outlives the studies it served (tests,
-        notebooks), and a dead storage's id may be reused by a new one."""
-        return self._cache.setdefault(study._storage, {}).setdefault(study._study_id, {})
+    def _state(self, study: optuna.Study) -> _Rungs:
+        """The study's rung data, kept between decisions: without it every decision re-read
+        every past trial, a per-decision cost that grew with the search. Keyed by the storage
+        held weakly: a pruner outlives the studies it served (tests, notebooks), and a dead
+        storage's id may be reused by a new one."""
+        return self._cache.setdefault(study._storage, {}).setdefault(study._study_id, _Rungs())
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_cache"}
@@ -123,5 +110,55 @@ class ParetoPruner(BasePruner):
         self.__dict__.update(state, _cache=weakref.WeakKeyDictionary())
 
 
-_Row = tuple[dict[int, float], tuple[float, ...] | None]
 _PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class _Rungs:
+    """What a study's trials contribute to each rung. A finished trial is read once, when a
+    decision first sees it finished, and filed under every rung it reached; later decisions
+    look only at trials that were unfinished (running or waiting) or new since the last one, so
+    a decision's Python work follows the trials in flight, not the length of the search."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # trials numbered below this have been looked at
+        self.open: set[int] = set()  # ... and of those, these were not finished yet
+        self.rungs: dict[int, tuple[list[int], list[float], list[tuple[float, ...]]]] = {}
+
+    def peers(self, study: optuna.Study, step: int, pruner: ParetoPruner,
+              exclude: int) -> tuple[list[int], list[float], list[tuple[float, ...]]]:
+        """(numbers, accuracies at `step`, costs) of the rung's peers other than `exclude`."""
+        trials = study.get_trials(deepcopy=False)
+        if any(t.number != i for i, t in enumerate(trials[self.seen:], self.seen)):
+            raise RuntimeError("ParetoPruner expects a study's trials in number order")
+        self.open.update(range(self.seen, len(trials)))
+        self.seen = len(trials)
+        numbers, accuracies, costs_of = (list(x) for x in self.rungs.get(step, ([], [], [])))
+        for number in sorted(self.open):
+            t = trials[number]
+            if t.state in _FINISHED:
+                self.open.discard(number)
+                if t.state in _PEER_STATES and (costs := pruner._costs(t)) is not None:
+                    for rung, accuracy in intermediate_values(t).items():
+                        if not pruner.is_rung(rung):
+                            continue
+                        filed = self.rungs.setdefault(rung, ([], [], []))
+                        filed[0].append(number)
+                        filed[1].append(accuracy)
+                        filed[2].append(costs)
+                        if rung == step and number != exclude:
+                            numbers.append(number)
+                            accuracies.append(accuracy)
+                            costs_of.append(costs)
+            elif t.state == TrialState.RUNNING and number != exclude:
+                curve = intermediate_values(t)
+                if step in curve and (costs := pruner._costs(t)) is not None:
+                    numbers.append(number)
+                    accuracies.append(curve[step])
+                    costs_of.append(costs)
+        if exclude in self.rungs.get(step, ((),))[0]:  # finished, yet deciding again: as passed
+            keep = [i for i, n in enumerate(numbers) if n != exclude]
+            numbers = [numbers[i] for i in keep]
+            accuracies = [accuracies[i] for i in keep]
+            costs_of = [costs_of[i] for i in keep]
+        return numbers, accuracies, costs_of

@@ -174,32 +174,67 @@ def test_top_k_with_ties_matches_its_definition() -> None:
         assert got.tolist() == expected.tolist(), (case, k)
 
 
-def test_pruner_caching_finished_trials_decides_like_a_fresh_pruner() -> None:
-    """One pruner across a whole study (finished trials' rows cached) against a fresh pruner at
-    every decision, with three trials running at once and trials finishing between decisions;
-    and it still pickles."""
+def _decision_by_definition(pruner: ParetoPruner, study: optuna.Study,
+                            trial: optuna.trial.FrozenTrial) -> bool:
+    """MO-ASHA's rule read straight off the study: rank every COMPLETE, PRUNED or RUNNING trial
+    that reached the deciding trial's rung (and has its costs), in trial-number order."""
+    own = intermediate_values(trial)
+    step = max(own)
+    if not pruner.is_rung(step):
+        return False
+    rows, index = [], None
+    for t in study.get_trials(deepcopy=False):
+        t = trial if t.number == trial.number else t
+        costs = [t.user_attrs.get(a) for a in pruner.cost_attrs]
+        curve = intermediate_values(t)
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            continue
+        if step in curve and None not in costs:
+            index = len(rows) if t.number == trial.number else index
+            rows.append([curve[step], *costs])
+    if index is None:
+        return False
+    values = np.array(rows, dtype=float)
+    values[~np.isfinite(values[:, 0]), 0] = -np.inf
+    keep = max(1, len(rows) // pruner.reduction_factor)
+    return not top_k_with_ties(values, [True] + [False] * len(pruner.cost_attrs), keep)[index]
+
+
+@pytest.mark.filterwarnings("ignore:The value nan")  # a NaN final accuracy: told as FAIL
+@pytest.mark.parametrize("cost_attrs", [("macs",), ("macs", "params"), ()])
+def test_pruner_kept_across_a_study_decides_as_the_definition(cost_attrs: tuple[str, ...]) -> None:
+    """One pruner across a whole study (finished trials filed per rung, only unfinished ones
+    re-read) against the rule applied to the whole study at every decision: three trials
+    running at once, finishing between decisions, failed and enqueued (waiting) trials, trials
+    without costs, NaN accuracies and ties; and it still pickles."""
     rng = np.random.default_rng(3)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    kept = ParetoPruner(("macs",), min_resource=1, reduction_factor=2)
+    kept = ParetoPruner(cost_attrs, min_resource=1, reduction_factor=2)
     running: list[tuple[optuna.Trial, dict[str, float]]] = []
     decisions: list[bool] = []
     started = 0
-    while started < 80 or running:
-        while started < 80 and len(running) < 3:
+    while started < 120 or running:
+        while started < 120 and len(running) < 3:
+            if started % 11 == 5:  # a queued trial waits in the study until asked for
+                study.enqueue_trial({})
             trial = study.ask()
             if started % 7 != 3:  # some trials never get costs: never ranked
-                trial.set_user_attr("macs", float(rng.integers(1, 20)))
+                for attr in cost_attrs:
+                    trial.set_user_attr(attr, float(rng.integers(1, 6)))
             running.append((trial, {}))
             started += 1
         trial, curve = running.pop(int(rng.integers(len(running))))
-        curve[str(len(curve) + 1)] = float(rng.random())
+        accuracy = float("nan") if rng.random() < 0.05 else float(rng.integers(0, 5)) / 4
+        curve[str(len(curve) + 1)] = accuracy
         trial.set_user_attr(INTERMEDIATE_ATTR, dict(curve))
         frozen = study._storage.get_trial(trial._trial_id)
         verdict = kept.prune(study, frozen)
-        assert verdict == ParetoPruner(("macs",), 1, 2).prune(study, frozen), trial.number
+        assert verdict == _decision_by_definition(kept, study, frozen), trial.number
         decisions.append(verdict)
         if verdict:
             study.tell(trial, state=TrialState.PRUNED)
+        elif trial.number % 13 == 6:
+            study.tell(trial, state=TrialState.FAIL)
         elif len(curve) == 4:
             study.tell(trial, [curve["4"], trial.user_attrs.get("macs", 1.0)])
         else:
@@ -207,3 +242,53 @@ def test_pruner_caching_finished_trials_decides_like_a_fresh_pruner() -> None:
     assert any(decisions) and not all(decisions)
     restored = pickle.loads(pickle.dumps(kept))
     assert restored.prune(study, frozen) == kept.prune(study, frozen)
+
+
+def test_pruner_decision_reads_only_unfinished_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After 300 finished trials, a decision reads the curves of the trials still in flight and
+    nothing else: its Python work does not grow with the search."""
+    import nas.pareto_pruner as module
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    pruner = ParetoPruner(("macs",), min_resource=1, reduction_factor=2)
+    for i in range(300):
+        trial = study.ask()
+        trial.set_user_attr("macs", float(i % 17))
+        trial.set_user_attr(INTERMEDIATE_ATTR, {"1": (i % 10) / 10})
+        pruner.prune(study, study._storage.get_trial(trial._trial_id))
+        study.tell(trial, state=TrialState.PRUNED)
+    live = [study.ask() for _ in range(3)]
+    for i, trial in enumerate(live):
+        trial.set_user_attr("macs", 1.0)
+        trial.set_user_attr(INTERMEDIATE_ATTR, {"1": 0.5 + i / 10})
+    reads: list[int] = []
+    real = module.intermediate_values
+    monkeypatch.setattr(module, "intermediate_values", lambda t: reads.append(t.number) or real(t))
+    frozen = study._storage.get_trial(live[0]._trial_id)
+    verdict = pruner.prune(study, frozen)
+    assert verdict == _decision_by_definition(pruner, study, frozen)
+    assert sorted(reads) == [299, 300, 301, 302], reads
+
+
+def test_pruner_deciding_for_a_closed_trial_counts_it_once_as_passed() -> None:
+    """A trial the study has closed (and the pruner has filed) decided again with newer values:
+    ranked once, with the values passed in, not also with the study's copy."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    pruner = ParetoPruner(("macs",), min_resource=1, reduction_factor=2)
+    for accuracy in (0.1, 0.2, 0.3, 0.7, 0.8, 0.85, 0.0):
+        trial = study.ask()
+        trial.set_user_attr("macs", 1.0)
+        trial.set_user_attr(INTERMEDIATE_ATTR, {"1": accuracy})
+        study.tell(trial, state=TrialState.PRUNED)
+    probe = study.ask()
+    probe.set_user_attr("macs", 1.0)
+    probe.set_user_attr(INTERMEDIATE_ATTR, {"1": 0.5})
+    pruner.prune(study, study._storage.get_trial(probe._trial_id))  # files the closed trials
+    study.tell(probe, state=TrialState.FAIL)
+    again = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
+        "macs": 1.0, INTERMEDIATE_ATTR: {"1": 0.65}})
+    again.number = study.get_trials()[6].number
+    # 7 peers, the top 3 continue (0.85, 0.8, 0.7): 0.65 stops. Counted twice (0.0 as well),
+    # 8 peers would keep 4 and 0.65 would continue.
+    assert _decision_by_definition(pruner, study, again) is True
+    assert pruner.prune(study, again) is True
