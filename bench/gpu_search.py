@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import os
 import platform
 import shutil
@@ -36,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_trials import Pool, Utilisation, steady, trial_config  # noqa: E402
+from gpu_trials import Pool, Utilisation, steady, trial_config, write_raw  # noqa: E402
 from search_throughput import read_trials  # noqa: E402
 
 
@@ -166,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if r % 2 == 0 and not args.no_standalone:
             alone_rounds.append(standalone(args, specs))
         # After every round, so that a run cut short by a time limit keeps what it measured.
-        (args.out / "gpu_search.json").write_text(json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-             "standalone": alone_rounds}, indent=1))
+        write_raw(args.out / "gpu_search.json", args, runs=runs, standalone=alone_rounds)
         print(f"round {r + 1} of {args.rounds} done", flush=True)
     report(args, runs, alone_rounds)
     return 0

@@ -165,6 +165,12 @@ class Pool:
             proc.join(timeout=30)
 
 
+def write_raw(path: Path, args: argparse.Namespace, **data: Any) -> None:
+    """A benchmark's raw results as JSON, with the arguments that produced them."""
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **data},
+                               indent=1))
+
+
 def steady(curve: list[float]) -> float:
     """Median images/s over epochs >= 2 (epoch 1 alone if that is all there is)."""
     return statistics.median(curve[1:] or curve)

@@ -16,7 +16,6 @@ takes the host's CPUs or clocks shows here.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_trials import Pool, Utilisation, steady, trial_config  # noqa: E402
+from gpu_trials import Pool, Utilisation, steady, trial_config, write_raw  # noqa: E402
 
 MODES = ("no Ray", "Ray idle")
 
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         none, idle = (statistics.median(by_mode[m]) for m in MODES)
         print(f"| {spec} | {none:,.0f} | {idle:,.0f} | {idle / none:.2f} |")
     if args.output:
-        args.output.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                           "rates": rates}, indent=1))
+        write_raw(args.output, args, rates=rates)
     return 0
 
 

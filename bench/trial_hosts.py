@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_trials import write_raw  # noqa: E402
 
 HOSTS = ("process", "thread", "actor", "actor-thread", "tune")
 
@@ -123,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(v):,.0f} ({statistics.median(v) / base:.2f})" for v in by_host.values())
             + " |")
     if args.output:
-        args.output.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                           "rates": rates}, indent=1))
+        write_raw(args.output, args, rates=rates)
     return 0
 
 
