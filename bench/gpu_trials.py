@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     gpu = Utilisation()
     pool = Pool(max(args.concurrency), args.threads)
-    raw: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "concurrency": [],
-                           "formats": []}
+    raw: dict[str, Any] = {"concurrency": [], "formats": []}
     try:
         print("\n| candidate | MMACs | trials per GPU | images/s per trial (median) | aggregate images/s "
               f"| vs {args.concurrency[0]} trial(s) | GPU utilisation | peak MiB per trial |\n|---|---|---|---|---|---|---|---|",
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         pool.close()
     if args.output:
-        args.output.write_text(json.dumps(raw, indent=1))
+        write_raw(args.output, args, **raw)
     return 0
 
 

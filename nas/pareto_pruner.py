@@ -111,7 +111,6 @@ class ParetoPruner(BasePruner):
 
 
 _PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class _Rungs:
@@ -136,7 +135,7 @@ class _Rungs:
         numbers, accuracies, costs_of = (list(x) for x in self.rungs.get(step, ([], [], [])))
         for number in sorted(self.open):
             t = trials[number]
-            if t.state in _FINISHED:
+            if t.state.is_finished():
                 self.open.discard(number)
                 if t.state in _PEER_STATES and (costs := pruner._costs(t)) is not None:
                     for rung, accuracy in intermediate_values(t).items():
