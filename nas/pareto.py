@@ -34,7 +34,12 @@ def pareto_mask(values: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
 
 
 def crowding_distance(values: np.ndarray) -> np.ndarray:
-    """NSGA-II crowding distance within one front (boundary points get infinity)."""
+    """NSGA-II crowding distance within one front (boundary points get infinity).
+
+    Infinite values (a diverged trial's accuracy is ranked as -inf) follow Optuna's NSGA-II: a
+    dimension is scaled by the span of its finite values, inf - inf counts as 0, and a neighbour
+    of an infinite value is as far out as a boundary point. Scaling by an infinite span instead
+    would turn that neighbour's distance into NaN, which no ranking can order."""
     values = np.asarray(values, dtype=float)
     n, m = values.shape
     distance = np.zeros(n)
@@ -42,10 +47,16 @@ def crowding_distance(values: np.ndarray) -> np.ndarray:
         return np.full(n, np.inf)
     for j in range(m):
         order = np.argsort(values[:, j], kind="stable")
-        span = values[order[-1], j] - values[order[0], j]
+        column = values[order, j]
         distance[order[0]] = distance[order[-1]] = np.inf
-        if span > 0:
-            distance[order[1:-1]] += (values[order[2:], j] - values[order[:-2], j]) / span
+        if column[0] == column[-1]:
+            continue  # constant: tells no row apart
+        finite = column[np.isfinite(column)]
+        span = finite[-1] - finite[0] if len(finite) else 0.0
+        upper, lower = column[2:], column[:-2]
+        with np.errstate(invalid="ignore"):  # inf - inf, replaced by 0 below
+            gap = np.where(upper == lower, 0.0, upper - lower)
+        distance[order[1:-1]] += gap / (span if span > 0 else 1.0)
     return distance
 
 

@@ -9,12 +9,19 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from optuna.samplers.nsgaii._elite_population_selection_strategy import _calc_crowding_distance
 from optuna.trial import TrialState
 
 from nas.controller import SearchController
 from nas.experiment import ExperimentConfig, read_trials_csv
 from nas.objectives import parse_objectives
-from nas.pareto import pareto_mask, promotion_keys, promotion_order, top_k_with_ties
+from nas.pareto import (
+    crowding_distance,
+    pareto_mask,
+    promotion_keys,
+    promotion_order,
+    top_k_with_ties,
+)
 from nas.pareto_pruner import INTERMEDIATE_ATTR, ParetoPruner, intermediate_values
 from nas.strategy import make_pruner, make_sampler
 from search_spaces import UserError, get_space
@@ -168,10 +175,39 @@ def test_top_k_with_ties_matches_its_definition() -> None:
             values[rng.random(n) < 0.2, 0] = -np.inf
         maximize = [bool(x) for x in rng.integers(0, 2, m)]
         k = int(rng.integers(1, n + 1))
-        with np.errstate(invalid="ignore"):
-            expected = _promotion_by_definition(values, maximize, k)
-            got = top_k_with_ties(values, maximize, k)
+        assert not np.isnan(promotion_keys(values, maximize)).any(), case
+        expected = _promotion_by_definition(values, maximize, k)
+        got = top_k_with_ties(values, maximize, k)
         assert got.tolist() == expected.tolist(), (case, k)
+        assert got.sum() >= k, (case, k)
+
+
+def test_crowding_distance_treats_infinite_values_as_optuna_does() -> None:
+    """The pruner ranks a trial without a finite accuracy at -inf. Crowding then follows Optuna's
+    NSGA-II (span of the finite values, inf - inf = 0) on random fronts with infinite values, and
+    is never NaN (dividing by an infinite span made the infinite row's neighbour NaN)."""
+    rng = np.random.default_rng(0)
+    for case in range(200):
+        n, m = int(rng.integers(3, 9)), int(rng.integers(1, 4))
+        values = rng.permutation(3 * n * m)[: n * m].reshape(n, m) / 7.0  # distinct per column
+        for j in range(m):
+            if rng.random() < 0.6:
+                values[int(rng.integers(n)), j] = rng.choice([np.inf, -np.inf])
+        population = [optuna.trial.create_trial(values=list(row)) for row in values]
+        for number, trial in enumerate(population):
+            trial.number = number
+        by_number = _calc_crowding_distance(population)
+        got = crowding_distance(values)
+        assert not np.isnan(got).any(), case
+        np.testing.assert_allclose(got, [by_number[i] for i in range(n)], err_msg=str(case))
+
+
+def test_a_trial_without_accuracy_does_not_hide_its_neighbour_on_the_front() -> None:
+    """(accuracy, MACs), all on one front; the cheapest has no finite accuracy (-inf). The next
+    cheapest is as far out on the accuracy axis as a boundary point, so it is kept; before, its
+    crowding was NaN and it lost to the two middle rows."""
+    values = np.array([[-np.inf, 1.0], [0.25, 2.0], [0.5, 3.0], [0.75, 4.0], [1.0, 5.0]])
+    assert top_k_with_ties(values, [True, False], 3).tolist() == [True, True, False, False, True]
 
 
 def _decision_by_definition(pruner: ParetoPruner, study: optuna.Study,
