@@ -23,7 +23,7 @@ from nas.experiment import CsvCache, ExperimentConfig, write_trials_csv
 from nas.objectives import Objective
 from nas.pareto import pareto_mask
 from nas.pareto_pruner import INTERMEDIATE_ATTR
-from nas.strategy import VIOLATIONS_ATTR
+from nas.strategy import record_violations
 from nas.study_mirror import StudyMirror
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
@@ -118,7 +118,7 @@ class SearchController:
             trial.set_user_attr("tag", spec.tag)
             for key, value in costs.items():
                 trial.set_user_attr(key, value)
-            trial.set_user_attr(VIOLATIONS_ATTR, violations)
+            record_violations(trial, violations, constrained=bool(self.config.constraints))
             if any(v > 0 for v in violations):
                 reason = "; ".join(self._violation_text(costs))
                 self.study.tell(trial, self._values(0.0, costs))

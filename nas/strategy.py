@@ -23,9 +23,28 @@ DEFAULT_REDUCTION_FACTOR = 2
 VIOLATIONS_ATTR = "constraint_violations"
 
 
+# Optuna 5 samplers read constraints from each trial (`Trial.set_constraint`) and deprecate
+# `constraints_func`, which Optuna 4 still needs; the pin admits both.
+TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
 def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
     """Optuna's `constraints_func`: reads what the search computed from static costs."""
     return trial.user_attrs.get(VIOLATIONS_ATTR, (0.0,))
+
+
+def sampler_constraints(constrained: bool) -> Callable | None:
+    """The `constraints_func` a sampler needs: only on an Optuna without trial constraints."""
+    return constraint_violations if constrained and not TRIAL_CONSTRAINTS else None
+
+
+def record_violations(trial: optuna.Trial, violations: Sequence[float], constrained: bool) -> None:
+    """Store a trial's violations where `analysis` reads them (a user attribute) and, in a
+    constrained search on Optuna 5, as the trial's constraints, where its samplers read them."""
+    trial.set_user_attr(VIOLATIONS_ATTR, list(violations))
+    if constrained and TRIAL_CONSTRAINTS:
+        for index, value in enumerate(violations):
+            trial.set_constraint(str(index), value)
 
 
 def make_sampler(
@@ -33,7 +52,7 @@ def make_sampler(
 ) -> optuna.samplers.BaseSampler:
     """A seeded sampler; population and start-up sizes scale with small budgets."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    constraints: Callable | None = constraint_violations if constrained else None
+    constraints = sampler_constraints(constrained)
     startup = max(4, min(10, n_trials // 4))
     population = max(4, min(50, n_trials // 4))
     if name == "tpe":

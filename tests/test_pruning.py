@@ -4,6 +4,7 @@ Optuna about pruned trials. Driven without Ray: the controller is Ray-free by de
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from nas.pareto import (
     top_k_with_ties,
 )
 from nas.pareto_pruner import INTERMEDIATE_ATTR, ParetoPruner, intermediate_values
-from nas.strategy import make_pruner, make_sampler
+from nas.strategy import SAMPLERS, TRIAL_CONSTRAINTS, make_pruner, make_sampler
 from search_spaces import UserError, get_space
 
 
@@ -138,6 +139,34 @@ def test_constraints_are_enforced_before_training_and_told_to_the_sampler(tmp_pa
         assert record.costs["macs"] > 6000.0 and "macs" in record.reason and not record.curve
         frozen = ctrl.study.trials[record.number]
         assert frozen.user_attrs["constraint_violations"][-1] > 0
+    # What the samplers read: on Optuna 5 each trial's own constraints (set when proposed), on
+    # Optuna 4 what `constraints_func` stored once the trial finished.
+    for record in ctrl.records.values():
+        frozen = ctrl.study.trials[record.number]
+        if TRIAL_CONSTRAINTS:
+            violations = list(frozen.constraints.values())
+        else:
+            violations = frozen.system_attrs["constraints"]
+        assert (max(violations) > 0) == (record.state == "INFEASIBLE"), record.trial_id
+
+
+def test_an_unconstrained_search_gives_the_samplers_no_constraints(tmp_path: Path) -> None:
+    """Any constraint value puts Optuna's samplers in constrained mode; without limits there
+    must be none."""
+    ctrl = _controller(tmp_path, "none")
+    for _ in range(3):
+        trial_id, _ = ctrl.next_trial()
+        ctrl.on_complete(trial_id, {"epoch": 9, "val_top1": 0.5})
+    for frozen in ctrl.study.trials:
+        assert "constraints" not in frozen.system_attrs
+        assert not getattr(frozen, "constraints", {})
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_constrained_samplers_use_no_deprecated_argument(name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        make_sampler(name, seed=0, n_trials=20, constrained=True)
 
 
 @pytest.mark.parametrize("name", ["median", "hyperband"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import optuna
 import pytest
@@ -11,7 +9,7 @@ from optuna.trial import TrialState
 
 import search_spaces as ss
 from nas.pareto_pruner import INTERMEDIATE_ATTR
-from nas.strategy import VIOLATIONS_ATTR, constraint_violations, make_sampler
+from nas.strategy import make_sampler, record_violations, sampler_constraints
 from nas.tpe_sampler import CachingTPESampler, caching_supported, make_tpe_sampler
 
 # (objectives, constrained): the search's multi-objective default, with a budget, and accuracy only.
@@ -19,7 +17,8 @@ CASES = [(2, False), (2, True), (1, False)]
 
 
 def _drive(sampler: optuna.samplers.BaseSampler, space_name: str, objectives: int,
-           trials: int, study: optuna.Study | None = None) -> list[dict]:
+           trials: int, study: optuna.Study | None = None,
+           constrained: bool = False) -> list[dict]:
     """A search-shaped study: values from a seeded hash of the parameters; every 4th trial
     pruned after one epoch (intermediate accuracy stored as the search stores it), every 7th
     failed, and constraint violations set as the search sets them."""
@@ -34,7 +33,7 @@ def _drive(sampler: optuna.samplers.BaseSampler, space_name: str, objectives: in
         key = repr(sorted((k, repr(v)) for k, v in trial.params.items())).encode()
         rng = np.random.default_rng(list(key))
         accuracy, macs = float(rng.random()), float(rng.random() * 1e6)
-        trial.set_user_attr(VIOLATIONS_ATTR, (macs - 6e5,))
+        record_violations(trial, (macs - 6e5,), constrained)
         if i % 7 == 6:
             study.tell(trial, state=TrialState.FAIL)
         elif i % 4 == 3:
@@ -52,11 +51,12 @@ def _drive(sampler: optuna.samplers.BaseSampler, space_name: str, objectives: in
 @pytest.mark.parametrize("space_name", ss.list_spaces())
 def test_same_proposals_as_optunas_tpe(space_name: str, objectives: int,
                                        constrained: bool) -> None:
-    warnings.filterwarnings("ignore", category=FutureWarning)  # Optuna 5: constraints_func
     kwargs = dict(seed=3, n_startup_trials=4, multivariate=True, group=True,
-                  constraints_func=constraint_violations if constrained else None)
-    stock = _drive(optuna.samplers.TPESampler(**kwargs), space_name, objectives, 36)
-    caching = _drive(make_tpe_sampler(**kwargs), space_name, objectives, 36)
+                  constraints_func=sampler_constraints(constrained))
+    stock = _drive(optuna.samplers.TPESampler(**kwargs), space_name, objectives, 36,
+                   constrained=constrained)
+    caching = _drive(make_tpe_sampler(**kwargs), space_name, objectives, 36,
+                     constrained=constrained)
     assert caching == stock
     assert len({repr(sorted(p.items())) for p in stock}) > 30  # the proposals do vary
 
