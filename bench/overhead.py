@@ -370,7 +370,7 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
         one(filled)
     study = optuna.create_study(directions=["maximize", "minimize"], storage=url)
     study.add_trials(filled.trials)
-    study.sampler = make_sampler(name, seed=args.seed, n_trials=size, constrained=False)
+    study.sampler = make_sampler(name, seed=args.seed, n_trials=size)
     if storage == "mirror":
         from nas.study_mirror import StudyMirror
 

@@ -93,8 +93,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     extra = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
     study = optuna.create_study(
         directions=[o.direction for o in objectives],
-        sampler=make_sampler(sampler, seed=seed, n_trials=args.budget // args.epochs,
-                             constrained=False),
+        sampler=make_sampler(sampler, seed=seed, n_trials=args.budget // args.epochs),
         pruner=make_pruner(pruner, objectives, epochs=args.epochs, **extra),
     )
 

@@ -328,8 +328,7 @@ def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A resumed search must not replay the seeded sampler's first proposals: offset the seed.
     existing = len(read_trials_csv(exp)) if resume else 0
-    sampler = make_sampler(config.sampler, seed=config.seed + existing, n_trials=config.trials,
-                           constrained=bool(config.constraints))
+    sampler = make_sampler(config.sampler, seed=config.seed + existing, n_trials=config.trials)
     pruner = make_pruner(config.pruner, objectives, epochs=config.epochs)
     url = study_storage_url(exp, config.storage)
     if not resume and config.storage and config.name in optuna.get_all_study_names(url):

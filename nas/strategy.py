@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from nas.objectives import Objective
 from nas.pareto_pruner import ParetoPruner
@@ -23,56 +22,32 @@ DEFAULT_REDUCTION_FACTOR = 2
 VIOLATIONS_ATTR = "constraint_violations"
 
 
-# Optuna 5 samplers read constraints from each trial (`Trial.set_constraint`) and deprecate
-# `constraints_func`, which Optuna 4 still needs; the pin admits both.
-TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
-
-
-def constraint_violations(trial: FrozenTrial) -> Sequence[float]:
-    """Optuna's `constraints_func`: reads what the search computed from static costs."""
-    return trial.user_attrs.get(VIOLATIONS_ATTR, (0.0,))
-
-
-def sampler_constraints(constrained: bool) -> Callable | None:
-    """The `constraints_func` a sampler needs: only on an Optuna without trial constraints."""
-    return constraint_violations if constrained and not TRIAL_CONSTRAINTS else None
-
-
 def record_violations(trial: optuna.Trial, violations: Sequence[float], constrained: bool) -> None:
-    """Store a trial's violations where `analysis` reads them (a user attribute) and, in a
-    constrained search on Optuna 5, as the trial's constraints, where its samplers read them."""
+    """Store a trial's violations (<= 0 satisfied) where `analysis` reads them (a user attribute)
+    and, in a constrained search, as the trial's own constraints, where Optuna's samplers read
+    them. Set when the trial is proposed, from static costs; Optuna 5 deprecates the
+    `constraints_func` that read them after the trial instead."""
     trial.set_user_attr(VIOLATIONS_ATTR, list(violations))
-    if constrained and TRIAL_CONSTRAINTS:
+    if constrained:
         for index, value in enumerate(violations):
             trial.set_constraint(str(index), value)
 
 
-def make_sampler(
-    name: str, *, seed: int, n_trials: int, constrained: bool
-) -> optuna.samplers.BaseSampler:
-    """A seeded sampler; population and start-up sizes scale with small budgets."""
+def make_sampler(name: str, *, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    """A seeded sampler; population and start-up sizes scale with small budgets. In a
+    constrained search the samplers read each trial's constraints (`record_violations`)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    constraints = sampler_constraints(constrained)
     startup = max(4, min(10, n_trials // 4))
     population = max(4, min(50, n_trials // 4))
     if name == "tpe":
         # Optuna's TPE with its repeated per-ask work cached (same proposals, nas/tpe_sampler.py).
-        return make_tpe_sampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-            constraints_func=constraints,
-        )
+        return make_tpe_sampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=population, constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(
-            seed=seed, population_size=population, constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIIISampler(seed=seed, population_size=population)
     if name == "gp":
-        return optuna.samplers.GPSampler(
-            seed=seed, n_startup_trials=startup, constraints_func=constraints
-        )
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":

@@ -24,7 +24,7 @@ from nas.pareto import (
     top_k_with_ties,
 )
 from nas.pareto_pruner import INTERMEDIATE_ATTR, ParetoPruner, intermediate_values
-from nas.strategy import SAMPLERS, TRIAL_CONSTRAINTS, make_pruner, make_sampler
+from nas.strategy import SAMPLERS, make_pruner, make_sampler
 from search_spaces import UserError, get_space
 
 
@@ -48,8 +48,7 @@ def _controller(tmp_path: Path, pruner_name: str, objectives: str = "accuracy,ma
     objs = parse_objectives(objectives)
     study = optuna.create_study(
         directions=[o.direction for o in objs],
-        sampler=make_sampler(sampler_name, seed=0, n_trials=config.trials,
-                             constrained=bool(config.constraints)),
+        sampler=make_sampler(sampler_name, seed=0, n_trials=config.trials),
         pruner=make_pruner(pruner_name, objs, epochs=config.epochs),
         storage=optuna.storages.InMemoryStorage() if memory else f"sqlite:///{tmp_path / 'study.db'}",
         study_name="t",
@@ -139,14 +138,9 @@ def test_constraints_are_enforced_before_training_and_told_to_the_sampler(tmp_pa
         assert record.costs["macs"] > 6000.0 and "macs" in record.reason and not record.curve
         frozen = ctrl.study.trials[record.number]
         assert frozen.user_attrs["constraint_violations"][-1] > 0
-    # What the samplers read: on Optuna 5 each trial's own constraints (set when proposed), on
-    # Optuna 4 what `constraints_func` stored once the trial finished.
+    # What the samplers read: each trial's own constraints, set when it was proposed.
     for record in ctrl.records.values():
-        frozen = ctrl.study.trials[record.number]
-        if TRIAL_CONSTRAINTS:
-            violations = list(frozen.constraints.values())
-        else:
-            violations = frozen.system_attrs["constraints"]
+        violations = list(ctrl.study.trials[record.number].constraints.values())
         assert (max(violations) > 0) == (record.state == "INFEASIBLE"), record.trial_id
 
 
@@ -158,15 +152,14 @@ def test_an_unconstrained_search_gives_the_samplers_no_constraints(tmp_path: Pat
         trial_id, _ = ctrl.next_trial()
         ctrl.on_complete(trial_id, {"epoch": 9, "val_top1": 0.5})
     for frozen in ctrl.study.trials:
-        assert "constraints" not in frozen.system_attrs
-        assert not getattr(frozen, "constraints", {})
+        assert frozen.constraints == {}
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
-def test_constrained_samplers_use_no_deprecated_argument(name: str) -> None:
+def test_samplers_use_no_deprecated_argument(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        make_sampler(name, seed=0, n_trials=20, constrained=True)
+        make_sampler(name, seed=0, n_trials=20)
 
 
 @pytest.mark.parametrize("name", ["median", "hyperband"])

@@ -36,7 +36,7 @@ def _durable(tmp_path: Path, sampler: str, seed: int = 0) -> optuna.Study:
     return optuna.create_study(
         storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}"), study_name="t",
         load_if_exists=True, directions=[o.direction for o in OBJECTIVES],
-        sampler=make_sampler(sampler, seed=seed, n_trials=12, constrained=True),
+        sampler=make_sampler(sampler, seed=seed, n_trials=12),
         pruner=make_pruner("pareto", OBJECTIVES, epochs=4),
     )
 

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 import search_spaces as ss
 from nas.pareto_pruner import INTERMEDIATE_ATTR
-from nas.strategy import make_sampler, record_violations, sampler_constraints
+from nas.strategy import make_sampler, record_violations
 from nas.tpe_sampler import CachingTPESampler, caching_supported, make_tpe_sampler
 
 # (objectives, constrained): the search's multi-objective default, with a budget, and accuracy only.
@@ -51,8 +51,7 @@ def _drive(sampler: optuna.samplers.BaseSampler, space_name: str, objectives: in
 @pytest.mark.parametrize("space_name", ss.list_spaces())
 def test_same_proposals_as_optunas_tpe(space_name: str, objectives: int,
                                        constrained: bool) -> None:
-    kwargs = dict(seed=3, n_startup_trials=4, multivariate=True, group=True,
-                  constraints_func=sampler_constraints(constrained))
+    kwargs = dict(seed=3, n_startup_trials=4, multivariate=True, group=True)
     stock = _drive(optuna.samplers.TPESampler(**kwargs), space_name, objectives, 36,
                    constrained=constrained)
     caching = _drive(make_tpe_sampler(**kwargs), space_name, objectives, 36,
@@ -63,7 +62,7 @@ def test_same_proposals_as_optunas_tpe(space_name: str, objectives: int,
 
 def test_search_uses_the_caching_sampler() -> None:
     assert caching_supported()
-    sampler = make_sampler("tpe", seed=0, n_trials=50, constrained=False)
+    sampler = make_sampler("tpe", seed=0, n_trials=50)
     assert isinstance(sampler, CachingTPESampler)
 
 
