@@ -2,7 +2,7 @@
 
 Fronts are computed per experiment (so several runs can be compared side by side) over COMPLETE
 trials only: a pruned trial's accuracy is a partial-training number and must not dominate anything.
-Dominance and hypervolume come from `nas.pareto` (Optuna's implementations).
+Dominance and hypervolume come from `nas.search.pareto` (Optuna's implementations).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nas.objectives import OBJECTIVES, Objective, parse_objectives
-from nas.pareto import hypervolume as raw_hypervolume
-from nas.pareto import nondomination_rank
+from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
+from nas.search.pareto import hypervolume as raw_hypervolume
+from nas.search.pareto import nondomination_rank
 from search_spaces.errors import UserError
 
 ObjectivesLike = str | Sequence[str] | Sequence[Objective]

@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from analysis.front import ObjectivesLike, as_objectives
 from analysis.load import ExpPath, open_experiment
 from nas.experiment import ExperimentConfig, study_storage_url
-from nas.objectives import Objective
-from nas.strategy import VIOLATIONS_ATTR
+from nas.search.objectives import Objective
+from nas.search.strategy import VIOLATIONS_ATTR
 from search_spaces.errors import UserError
 
 MIN_TRIALS = 2

@@ -13,8 +13,10 @@ from typing import Any
 import pandas as pd
 
 from nas.experiment import (
-    CONFIG_FILE,
+    CSV_COLUMNS,
     ExperimentConfig,
+    ExperimentDir,
+    TrialRecord,
     is_experiment,
     load_config,
     read_trials_csv,
@@ -22,7 +24,6 @@ from nas.experiment import (
 from search_spaces.errors import UserError
 from search_spaces.registry import list_named_points, named_point
 from search_spaces.spec import ArchSpec
-from trials.record import CSV_COLUMNS, TrialRecord
 
 # Global spec fields copied as they are; per-stage fields become s<N>_<field> columns.
 SPEC_FIELDS = ("stem", "stem_width", "base_planes", "avg_down", "avd", "avd_first",
@@ -61,7 +62,7 @@ def open_experiment(path: ExpPath) -> tuple[Path, ExperimentConfig]:
     if not exp.exists():
         raise UserError(f"{exp} does not exist (expected an experiment directory OUT/NAME)")
     if not is_experiment(exp):
-        raise UserError(f"{exp} is not an experiment: no {CONFIG_FILE} in it")
+        raise UserError(f"{exp} is not an experiment: no {ExperimentDir(exp).config.name} in it")
     return exp, load_config(exp)
 
 

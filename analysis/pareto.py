@@ -30,17 +30,11 @@ from analysis.front import (
     with_status,
 )
 from analysis.load import configs, load
-from nas.objectives import OBJECTIVES, Objective
+from nas.search.objectives import OBJECTIVES, Objective
+from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 
 TABLE_COLUMNS = ("trial_id", "tag", "accuracy", "macs", "params", "latency_ms", "epochs")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Usage mistakes end like every other user error: one line on stderr, exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,14 +188,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `| head`: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

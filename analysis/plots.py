@@ -26,7 +26,7 @@ from analysis.front import (
     pareto_front,
     reference_point,
 )
-from nas.objectives import Objective
+from nas.search.objectives import Objective
 
 LABELS = {"accuracy": "validation top-1", "macs": "MACs per image", "params": "parameters",
           "latency": "latency (ms, batch 1)", "memory": "peak memory (bytes)"}

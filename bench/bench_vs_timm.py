@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas import build_model  # noqa: E402
-from nas.split_attention import SplitAttention  # noqa: E402
+from nas.models.split_attention import SplitAttention  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -3,7 +3,7 @@
 Checks, each printed as one PASS/FAIL line with its numbers:
 1. every registered space's seeded sample and every named point: fp32 logits on CUDA (TF32 off,
    NCHW and channels_last) equal the CPU logits, and bf16 autocast + channels_last stays close;
-2. the generated standalone module (`nas.codegen`), loaded with the same weights, gives the same
+2. the generated standalone module (`nas.export.codegen`), loaded with the same weights, gives the same
    logits on CUDA as the builder;
 3. a trial on CUDA (bf16 autocast, channels_last: the CUDA defaults) learns digits, and its
    checkpoint, saved from the GPU, resumes on the CPU;
@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas import build_model, measure_costs  # noqa: E402
-from nas.codegen import generate_source  # noqa: E402
-from nas.export_verify import import_file  # noqa: E402
+from nas.export.codegen import generate_source  # noqa: E402
+from nas.export.verify import import_file  # noqa: E402
 from search_spaces import get_space, list_named_points, list_spaces, named_point  # noqa: E402
 from trials.trial import Trial  # noqa: E402
 

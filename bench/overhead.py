@@ -156,8 +156,8 @@ METHODS = ("next_trial", "on_result", "on_complete")
 
 def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One search of `n` trials through the real driver path; framework seconds per trial."""
-    from nas import search
-    from nas.objectives import parse_objectives
+    from nas.search import cli as search
+    from nas.search.objectives import parse_objectives
     from search_spaces import get_space
     from trials import ray_runner
     from trials.data import load_data
@@ -251,9 +251,9 @@ def _windows(marks: list[tuple[float, ...]]) -> dict[str, dict[str, float]]:
 def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[str, Any]:
     """The controller alone (no Ray; study on SQLite as the search opens it, real static costs,
     made-up 2-epoch results): thread CPU seconds per trial of each step, in windows of trials."""
-    import nas.controller
-    from nas import search
-    from nas.objectives import parse_objectives
+    import nas.search.controller
+    from nas.search import cli as search
+    from nas.search.objectives import parse_objectives
     from search_spaces import get_space
 
     out = args.out / "controller"
@@ -290,8 +290,8 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
     if ctrl.mirror is not None:  # the search's writes to SQLite (one per start, a few per end)
         ctrl.mirror.persist = timed("persist to SQLite", ctrl.mirror.persist)
     ctrl.front = timed("front", ctrl.front)
-    csv_writer = nas.controller.write_trials_csv
-    nas.controller.write_trials_csv = timed("trials.csv", csv_writer)
+    csv_writer = nas.search.controller.write_trials_csv
+    nas.search.controller.write_trials_csv = timed("trials.csv", csv_writer)
     rng = random.Random(args.seed)
     marks = [(0, time.thread_time(), dict(cpu))]
     try:
@@ -308,7 +308,7 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
             if i in (10, 100, 500, 1000, n):
                 marks.append((i, time.thread_time(), dict(cpu)))
     finally:
-        nas.controller.write_trials_csv = csv_writer
+        nas.search.controller.write_trials_csv = csv_writer
     windows = {}
     for (i0, t0, c0), (i1, t1, c1) in zip(marks, marks[1:], strict=False):
         if i1 > i0:
@@ -327,7 +327,7 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
     import optuna
 
     from nas.experiment import open_storage
-    from nas.strategy import make_sampler
+    from nas.search.strategy import make_sampler
     from search_spaces import get_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -372,7 +372,7 @@ def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) 
     study.add_trials(filled.trials)
     study.sampler = make_sampler(name, seed=args.seed, n_trials=size)
     if storage == "mirror":
-        from nas.study_mirror import StudyMirror
+        from nas.search.study_mirror import StudyMirror
 
         mirror = StudyMirror(study)
         study = mirror.study

@@ -6,7 +6,7 @@ Strategies (same space, task, training settings and epoch budget; >= 3 seeds eac
     tpe_sha   TPE + `sha` (with two objectives: accuracy-only ASHA on the same rungs), cheapest
               corner first like the default (`--no-anchor` turns it off for both)
 
-Each run drives the real `nas.controller.SearchController` (Optuna study, pruner, trials.csv) and
+Each run drives the real `nas.search.controller.SearchController` (Optuna study, pruner, trials.csv) and
 trains every proposal for real with `trials.trial.Trial`, serially in one process with one torch
 thread: a strategy comparison needs no Ray, and counting epochs (not seconds) makes the budget
 independent of machine load. Runs go to a process pool (`--jobs`, default 2 = the cores here).
@@ -66,11 +66,11 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     import torch
     from efficiency_report import run_key
 
-    from nas.controller import SearchController
     from nas.experiment import ExperimentConfig
-    from nas.objectives import parse_objectives
-    from nas.search import cheapest_corner, cost_function
-    from nas.strategy import make_pruner, make_sampler
+    from nas.search.cli import cheapest_corner, cost_function
+    from nas.search.controller import SearchController
+    from nas.search.objectives import parse_objectives
+    from nas.search.strategy import make_pruner, make_sampler
     from search_spaces import get_space
     from trials.trial import Trial
 
@@ -152,8 +152,8 @@ def macs_range(image_size: int) -> tuple[float, float]:
     (`nas.search.corner_specs`) and every valid all-largest corner."""
     import itertools
 
-    from nas.costs import static_costs
     from nas.experiment import ExperimentConfig
+    from nas.models.costs import static_costs
     from nas.search import corner_specs
     from search_spaces import UserError, get_space
     from search_spaces.resnest_space import AnswerTrial
@@ -188,7 +188,7 @@ def front_hypervolume(front: list[Any], low: float, high: float) -> float:
     """Normalised hypervolume of (accuracy, log10 MACs); see the module docstring."""
     import numpy as np
 
-    from nas.pareto import hypervolume
+    from nas.search.pareto import hypervolume
 
     if not front:
         return 0.0

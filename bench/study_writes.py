@@ -1,9 +1,9 @@
-"""Writing one search trial to SQLite: Optuna's API against `nas.rdb_trial_writer`, interleaved.
+"""Writing one search trial to SQLite: Optuna's API against `nas.search.rdb_trial_writer`, interleaved.
 
 Each round writes the same trial (24 resnest parameters, the attributes the search sets) once
 through each writer into its own study, alternating which goes first: the start (create with
 every parameter and attribute) and the end (the changed curve attribute, state and values), as
-`nas.study_mirror.StudyMirror` does. Prints the median milliseconds of each and the ratios.
+`nas.search.study_mirror.StudyMirror` does. Prints the median milliseconds of each and the ratios.
 
     python bench/study_writes.py --trials 100
 """
@@ -50,7 +50,7 @@ def _trials(n: int, seed: int) -> list[tuple[Any, Any]]:
 
 
 def _optuna_write(study: Any, start: Any, end: Any) -> tuple[float, float]:
-    from nas.rdb_trial_writer import changes
+    from nas.search.rdb_trial_writer import changes
 
     storage = study._storage
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def _optuna_write(study: Any, start: Any, end: Any) -> tuple[float, float]:
 
 
 def _direct_write(study: Any, start: Any, end: Any) -> tuple[float, float]:
-    from nas import rdb_trial_writer
+    from nas.search import rdb_trial_writer
 
     rdb = rdb_trial_writer.rdb_backend(study._storage)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Two studies grow side by side to --trials, one trial at a time, with the search's TPE arguments
 (`multivariate=True, group=True`, n_startup_trials 10, two objectives): A uses
-`optuna.samplers.TPESampler`, B `nas.tpe_sampler.CachingTPESampler`. For every trial both ask
+`optuna.samplers.TPESampler`, B `nas.search.tpe_sampler.CachingTPESampler`. For every trial both ask
 (+ our space's `suggest`) and tell, alternating which goes first. Values come from a seeded hash
 of the parameters, every 4th trial is pruned, so the two studies stay identical exactly when the
 proposals are (checked at every trial). Printed: median ms per ask and tell in windows of trials,
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from nas.tpe_sampler import CachingTPESampler
+    from nas.search.tpe_sampler import CachingTPESampler
     from search_spaces import get_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

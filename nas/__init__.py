@@ -10,14 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nas.costs import CostRecord, measure_costs, static_costs
-    from nas.resnest import build_model
+    from nas.models.builder import build_model
+    from nas.models.costs import CostRecord, measure_costs, static_costs
 
 _EXPORTS = {
-    "build_model": "nas.resnest",
-    "CostRecord": "nas.costs",
-    "measure_costs": "nas.costs",
-    "static_costs": "nas.costs",
+    "build_model": "nas.models.builder",
+    "CostRecord": "nas.models.costs",
+    "measure_costs": "nas.models.costs",
+    "static_costs": "nas.models.costs",
 }
 __all__ = ["CostRecord", "build_model", "measure_costs", "static_costs"]
 

@@ -1,11 +1,8 @@
-"""One directory per experiment: its config, the Optuna study, trials.csv and per-trial files.
+"""One directory per experiment: its settings, the trial record, `trials.csv` and the study.
 
-Layout of OUT/NAME/:
-    experiment.json   the search's settings (what --resume reuses)
-    study.db          the Optuna study (SQLite) unless --storage names another database
-    trials.csv        one row per trial, rewritten atomically whenever a trial changes state
-    trials/<id>/      each trial's spec.json, checkpoint.pt and metrics
-    ray/              Ray Tune's experiment state
+`ExperimentDir` is the one place that names the files of OUT/NAME/. A `TrialRecord` is the
+contract between the search and everything after it: `analysis/` and `nas.export` read records
+(through `trials.csv`) and the Optuna study, never Ray internals.
 """
 
 from __future__ import annotations
@@ -13,16 +10,138 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from search_spaces.errors import UserError
-from trials.record import CSV_COLUMNS, TrialRecord
+from search_spaces.files import atomic_write_text
+from search_spaces.spec import ArchSpec
+from trials.run_dir import RunDir
 
-CONFIG_FILE = "experiment.json"
-TRIALS_FILE = "trials.csv"
+STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE", "RUNNING")
+# Static costs a record may carry; all are "lower is better".
+COST_KEYS = ("params", "macs", "latency_ms", "peak_memory_bytes")
+CSV_COLUMNS = (
+    "trial_id", "number", "state", "reason", "tag", "spec_hash", "spec",
+    "params", "macs", "latency_ms", "peak_memory_bytes", "accuracy", "best_accuracy", "epochs",
+    "seconds", "checkpoint", "curve",
+)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One architecture evaluated (or refused) by a search.
+
+    `curve` holds one dict per finished epoch (`epoch`, `train_loss`, `val_top1`, ...); accuracy is
+    the last epoch's validation top-1 in [0, 1]. `checkpoint` is the path of the final weights
+    (a `checkpoint.pt` written by `trials.training`), when the trial trained.
+    """
+
+    trial_id: str
+    number: int
+    state: str
+    spec: ArchSpec
+    costs: dict[str, float] = field(default_factory=dict)
+    curve: tuple[dict[str, Any], ...] = ()
+    reason: str = ""
+    seconds: float = 0.0
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
+        object.__setattr__(self, "curve", tuple(self.curve))
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.curve[-1].get("val_top1") if self.curve else None
+
+    @property
+    def best_accuracy(self) -> float | None:
+        values = [e["val_top1"] for e in self.curve if e.get("val_top1") is not None]
+        return max(values) if values else None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.curve[-1]["epoch"]) if self.curve else 0
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict with `CSV_COLUMNS` keys (spec and curve as JSON text)."""
+        return {
+            "trial_id": self.trial_id,
+            "number": self.number,
+            "state": self.state,
+            "reason": self.reason,
+            "tag": self.spec.tag,
+            "spec_hash": self.spec.spec_hash,
+            "spec": self.spec.to_json(),
+            **{k: self.costs.get(k) for k in COST_KEYS},
+            "accuracy": self.accuracy,
+            "best_accuracy": self.best_accuracy,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 3),
+            "checkpoint": self.checkpoint or "",
+            "curve": json.dumps(list(self.curve), sort_keys=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TrialRecord:
+        """Inverse of `to_row` (accepts the strings/NaNs a CSV reader gives back)."""
+
+        def number_or_none(value: Any) -> float | None:
+            if value is None or value == "":
+                return None
+            value = float(value)
+            return None if value != value else value
+
+        costs = {k: v for k in COST_KEYS if (v := number_or_none(row.get(k))) is not None}
+        checkpoint = row.get("checkpoint")
+        if not isinstance(checkpoint, str) or not checkpoint:
+            checkpoint = None
+        reason = row.get("reason")
+        return cls(
+            trial_id=str(row["trial_id"]),
+            number=int(row["number"]),
+            state=str(row["state"]),
+            spec=ArchSpec.from_json(row["spec"]),
+            costs=costs,
+            curve=tuple(json.loads(row["curve"])) if row.get("curve") else (),
+            reason=reason if isinstance(reason, str) else "",
+            seconds=number_or_none(row.get("seconds")) or 0.0,
+            checkpoint=checkpoint,
+        )
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    """The files of an experiment directory OUT/NAME/ (nothing is created by naming them)."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        """The search's settings, what `--resume` reuses."""
+        return self.path / "experiment.json"
+
+    @property
+    def trials_csv(self) -> Path:
+        """One row per trial, rewritten atomically whenever a trial changes state."""
+        return self.path / "trials.csv"
+
+    @property
+    def study(self) -> Path:
+        """The Optuna study, unless `--storage` names another database."""
+        return self.path / "study.db"
+
+    @property
+    def ray(self) -> Path:
+        """Ray Tune's own experiment folder."""
+        return self.path / "ray"
+
+    def trial(self, trial_id: str) -> RunDir:
+        """A trial's run directory (spec, checkpoint, metrics)."""
+        return RunDir(self.path / "trials" / trial_id)
 
 
 @dataclass(frozen=True)
@@ -63,21 +182,8 @@ class ExperimentConfig:
         return cls(**data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def is_experiment(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file()
+    return ExperimentDir(path).config.is_file()
 
 
 def prepare_directory(out: Path, name: str, resume: bool) -> Path:
@@ -88,7 +194,7 @@ def prepare_directory(out: Path, name: str, resume: bool) -> Path:
     if resume:
         if not is_experiment(exp):
             raise UserError(
-                f"cannot resume {exp}: it is not an experiment (no {CONFIG_FILE}); "
+                f"cannot resume {exp}: it is not an experiment (no experiment.json); "
                 "start a new one without --resume"
             )
         if not os.access(exp, os.W_OK):
@@ -108,9 +214,9 @@ def prepare_directory(out: Path, name: str, resume: bool) -> Path:
 
 def load_config(exp: Path) -> ExperimentConfig:
     try:
-        return ExperimentConfig.from_json((exp / CONFIG_FILE).read_text())
+        return ExperimentConfig.from_json(ExperimentDir(exp).config.read_text())
     except (OSError, ValueError, TypeError) as err:
-        raise UserError(f"{exp / CONFIG_FILE} is unreadable or malformed: {err}") from None
+        raise UserError(f"{ExperimentDir(exp).config} is unreadable or malformed: {err}") from None
 
 
 def study_storage_url(exp: Path, storage: str) -> str:
@@ -166,11 +272,11 @@ def write_trials_csv(exp: Path, records: list[TrialRecord], cache: CsvCache | No
             hit = cache[r.trial_id] = (r, _csv_line(r))
         lines.append(hit[1])
     header = ",".join(CSV_COLUMNS) + "\r\n"
-    atomic_write_text(exp / TRIALS_FILE, header + "".join(lines))
+    atomic_write_text(ExperimentDir(exp).trials_csv, header + "".join(lines))
 
 
 def read_trials_csv(exp: Path) -> list[TrialRecord]:
-    path = exp / TRIALS_FILE
+    path = ExperimentDir(exp).trials_csv
     if not path.is_file():
         return []
     with path.open(newline="") as handle:

@@ -86,10 +86,9 @@ def _build(root: Path) -> Path:
     from optuna.trial import TrialState
 
     import nas
-    from nas.experiment import ExperimentConfig, study_storage_url, write_trials_csv
+    from nas.experiment import ExperimentConfig, TrialRecord, study_storage_url, write_trials_csv
     from search_spaces import get_space
     from trials.data import Split, load_data
-    from trials.record import TrialRecord
     from trials.training import TrainConfig, Trainer, save_checkpoint
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

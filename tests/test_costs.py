@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas import CostRecord, build_model, measure_costs, static_costs
-from nas.costs import _meta_modules, _static, _Tracker, main, whole_model_costs
+from nas.costs import main
+from nas.models.costs import _meta_modules, _static, _Tracker, whole_model_costs
 from search_spaces import ArchSpec, SpecError, StageSpec, UserError, get_space, list_spaces
 
 

@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 import nas
 from analysis.front import knee, pareto_front
 from analysis.load import load
-from nas import export as ex
-from nas import export_verify
-from nas.export_verify import import_file
+from nas.export import cli as ex
+from nas.export import verify as export_verify
+from nas.export.verify import import_file
 from search_spaces import ArchSpec
 from search_spaces.errors import UserError
 from trials.training import load_checkpoint
@@ -198,7 +198,7 @@ CODEGEN_SPECS = {
 
 @pytest.mark.parametrize("key", list(CODEGEN_SPECS))
 def test_generated_code_equals_build_model(key: str, tmp_path: Path) -> None:
-    from nas.codegen import generate_source
+    from nas.export.codegen import generate_source
 
     spec = CODEGEN_SPECS[key]
     source = generate_source(spec, weights_file="w.safetensors", provenance="test",
@@ -301,10 +301,10 @@ def test_force_overwrites_existing_outputs(small_experiment: Path, tmp_path: Pat
 def test_wrong_module_outputs_fail_and_write_nothing(small_experiment: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import nas.codegen
+    import nas.export.codegen
 
-    real = nas.codegen.generate_source
-    monkeypatch.setattr(nas.codegen, "generate_source", lambda *a, **k: real(*a, **k).replace(
+    real = nas.export.codegen.generate_source
+    monkeypatch.setattr(nas.export.codegen, "generate_source", lambda *a, **k: real(*a, **k).replace(
         "return self.fc(x)", "return self.fc(x) * 1.001"))
     code, _, err = run_export([small_experiment, "--trial", "t0001", "--out",
                                tmp_path / "out"], capsys)
@@ -314,10 +314,10 @@ def test_wrong_module_outputs_fail_and_write_nothing(small_experiment: Path, tmp
 def test_module_importing_the_project_fails_verification(small_experiment: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    import nas.codegen
+    import nas.export.codegen
 
-    real = nas.codegen.generate_source
-    monkeypatch.setattr(nas.codegen, "generate_source", lambda *a, **k: real(*a, **k).replace(
+    real = nas.export.codegen.generate_source
+    monkeypatch.setattr(nas.export.codegen, "generate_source", lambda *a, **k: real(*a, **k).replace(
         "import torch\n", "import torch\nimport search_spaces  # noqa\n", 1))
     code, _, err = run_export([small_experiment, "--trial", "t0001", "--out",
                                tmp_path / "out"], capsys)

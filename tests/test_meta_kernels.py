@@ -1,4 +1,4 @@
-"""`nas.meta_kernels` against torch's own meta kernels: same output shape and dtype on a grid of
+"""`nas.models.meta_kernels` against torch's own meta kernels: same output shape and dtype on a grid of
 cases per kernel (strides, padding, dilation, groups, ceil mode, broadcasting, promotion), and
 None (torch decides) for the cases the kernels leave to torch."""
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from nas.meta_kernels import KERNELS, meta_output
+from nas.models.meta_kernels import KERNELS, meta_output
 
 aten = torch.ops.aten
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from nas import build_model
-from nas.resnest import Bottleneck
-from nas.split_attention import SplitAttention
+from nas.models.builder import Bottleneck
+from nas.models.split_attention import SplitAttention
 from search_spaces import ArchSpec, StageSpec
 
 
@@ -145,7 +145,7 @@ def test_channels_last_matches_contiguous(point: str) -> None:
         model.zero_grad(set_to_none=True)
         model(x.to(memory_format=fmt)).square().mean().backward()
         grads.append(model.conv1.weight.grad if point == "mixed" else model.conv1[0].weight.grad)
-    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-5)  # summation order differs
 
 
 @pytest.mark.parametrize("point", POINTS)

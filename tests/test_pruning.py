@@ -13,18 +13,18 @@ import pytest
 from optuna.samplers.nsgaii._elite_population_selection_strategy import _calc_crowding_distance
 from optuna.trial import TrialState
 
-from nas.controller import SearchController
 from nas.experiment import ExperimentConfig, read_trials_csv
-from nas.objectives import parse_objectives
-from nas.pareto import (
+from nas.search.controller import SearchController
+from nas.search.objectives import parse_objectives
+from nas.search.pareto import (
     crowding_distance,
     pareto_mask,
     promotion_keys,
     promotion_order,
     top_k_with_ties,
 )
-from nas.pareto_pruner import INTERMEDIATE_ATTR, ParetoPruner, intermediate_values
-from nas.strategy import SAMPLERS, make_pruner, make_sampler
+from nas.search.pruner import INTERMEDIATE_ATTR, ParetoPruner, intermediate_values
+from nas.search.strategy import SAMPLERS, make_pruner, make_sampler
 from search_spaces import UserError, get_space
 
 
@@ -305,7 +305,7 @@ def test_pruner_kept_across_a_study_decides_as_the_definition(cost_attrs: tuple[
 def test_pruner_decision_reads_only_unfinished_trials(monkeypatch: pytest.MonkeyPatch) -> None:
     """After 300 finished trials, a decision reads the curves of the trials still in flight and
     nothing else: its Python work does not grow with the search."""
-    import nas.pareto_pruner as module
+    import nas.search.pruner as module
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     pruner = ParetoPruner(("macs",), min_resource=1, reduction_factor=2)

@@ -14,9 +14,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from nas import rdb_trial_writer
 from nas.experiment import open_storage
-from nas.study_mirror import WRITES_ENV, StudyMirror
+from nas.search import rdb_trial_writer
+from nas.search.study_mirror import WRITES_ENV, StudyMirror
 
 DISTRIBUTIONS = {"radix": IntDistribution(0, 4), "width": FloatDistribution(0.5, 2.0, log=True),
                  "pool": CategoricalDistribution(["avg", "max", None])}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nas.search import main, parse_duration
+from nas.search.cli import main, parse_duration
 from search_spaces import UserError
 
 
@@ -108,7 +108,7 @@ def test_cli_module_exits_2_without_traceback(tmp_path: Path) -> None:
 ])
 def test_check_gpus(per_trial: float, available: float, address: str | None, outcome: str,
                     capsys: pytest.CaptureFixture[str]) -> None:
-    from nas.search import check_gpus
+    from nas.search.cli import check_gpus
 
     if outcome == "error":
         with pytest.raises(UserError, match="use --gpus-per-trial 0 to train on the CPUs"):
@@ -133,7 +133,7 @@ def test_check_gpus(per_trial: float, available: float, address: str | None, out
 ])
 def test_default_concurrency_counts_gpus(cpus: float, gpus: float, cpus_per_trial: float,
                                          gpus_per_trial: float, expected: int) -> None:
-    from nas.search import default_concurrency
+    from nas.search.cli import default_concurrency
 
     assert default_concurrency(cpus, gpus, cpus_per_trial, gpus_per_trial) == expected
 
@@ -149,8 +149,8 @@ def _controller_for(tmp_path: Path, *flags: str):
     """The controller `python -m nas.search` would build (no Ray, nothing trained)."""
     import dataclasses
 
-    from nas import search
-    from nas.objectives import parse_objectives
+    from nas.search import cli as search
+    from nas.search.objectives import parse_objectives
     from search_spaces import get_space
 
     config, _ = search.config_from_args(search.build_parser().parse_args(
@@ -170,8 +170,8 @@ def test_cost_aware_searches_evaluate_the_cheapest_corner_first(
         tmp_path: Path, flags: tuple[str, ...], anchored: bool) -> None:
     import numpy as np
 
-    from nas.costs import static_costs
-    from nas.search import cheapest_corner, corner_specs
+    from nas.models.costs import static_costs
+    from nas.search.cli import cheapest_corner, corner_specs
     from search_spaces import get_space
 
     ctrl, config = _controller_for(tmp_path, *flags)

@@ -167,7 +167,7 @@ def test_two_node_cluster_survives_losing_a_node(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from nas.search import main
+    from nas.search.cli import main
 
     ray.shutdown()  # The search must join this cluster, not a Ray started by an earlier test.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

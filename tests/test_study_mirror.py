@@ -1,6 +1,6 @@
 """The search samples against an in-memory study and persists each trial to SQLite in a few
 transactions: the durable study must end up identical, survive a resume, and cost few commits.
-Every test runs with both writers: `nas.rdb_trial_writer` (the default) and Optuna's public API
+Every test runs with both writers: `nas.search.rdb_trial_writer` (the default) and Optuna's public API
 (the fallback for storages that writer cannot handle)."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from test_pruning import _config, _fake_costs, _simulate
 
-from nas import rdb_trial_writer
-from nas.controller import SearchController
 from nas.experiment import open_storage, read_trials_csv
-from nas.objectives import parse_objectives
-from nas.strategy import SAMPLERS, make_pruner, make_sampler
+from nas.search import rdb_trial_writer
+from nas.search.controller import SearchController
+from nas.search.objectives import parse_objectives
+from nas.search.strategy import SAMPLERS, make_pruner, make_sampler
 from search_spaces import get_space
 
 OBJECTIVES = parse_objectives("accuracy,macs")

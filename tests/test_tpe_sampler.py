@@ -8,9 +8,9 @@ import pytest
 from optuna.trial import TrialState
 
 import search_spaces as ss
-from nas.pareto_pruner import INTERMEDIATE_ATTR
-from nas.strategy import make_sampler, record_violations
-from nas.tpe_sampler import CachingTPESampler, caching_supported, make_tpe_sampler
+from nas.search.pruner import INTERMEDIATE_ATTR
+from nas.search.strategy import make_sampler, record_violations
+from nas.search.tpe_sampler import CachingTPESampler, caching_supported, make_tpe_sampler
 
 # (objectives, constrained): the search's multi-objective default, with a budget, and accuracy only.
 CASES = [(2, False), (2, True), (1, False)]

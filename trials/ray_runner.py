@@ -6,7 +6,7 @@ with a checkpoint (Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and h
 GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick experiments).
 
 Section "search driver": `connect` (local Ray or a cluster address) and `run_search`, which runs a
-`nas.controller.SearchController` on a Tuner through a Searcher (proposals, completions) and a
+`nas.search.controller.SearchController` on a Tuner through a Searcher (proposals, completions) and a
 Scheduler (the pruner's verdict at every epoch report), with actor reuse to keep per-trial
 overhead small. Optuna is driven by the controller, not by Ray's `OptunaSearch`, which cannot
 prune multi-objective studies and tells Optuna COMPLETE for trials a scheduler stopped.
@@ -118,7 +118,7 @@ def run_tuner(param_space: dict[str, Any], *, storage_path: str | Path, name: st
 
 
 # --- search driver -----------------------------------------------------------------------------
-# Ray Tune runs the trials; the Ray-free `nas.controller.SearchController` makes every decision.
+# Ray Tune runs the trials; the Ray-free `nas.search.controller.SearchController` makes every decision.
 
 
 def available_cpus() -> float:

@@ -21,7 +21,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
+from search_spaces.files import atomic_write_text
 from trials.training import TrainingFailed, load_checkpoint
 from trials.trial import Trial
 
@@ -34,7 +36,7 @@ _CONFIG_OPTIONS = (
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trials.train", description=__doc__,
+    p = OneLineParser(prog="python -m trials.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", help="named point, SPACE:SEED (e.g. resnest:0), or spec JSON file/text")
     p.add_argument("--data", help="digits (default) | cifar10:PATH | cifar100:PATH | folder:PATH")
@@ -105,9 +107,7 @@ def _make_out(out: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -167,13 +167,12 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    return train(parser().parse_args(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return train(args)
-    except UserError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ so `2 epochs + resume 1` equals `3 epochs` exactly on CPU.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.errors import UserError
+from search_spaces.files import atomic_write_bytes
 from trials.data import DataBundle
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -260,9 +262,9 @@ def _to_cpu(obj: Any) -> Any:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write atomically (temp file + rename): a kill mid-write never leaves a torn checkpoint."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

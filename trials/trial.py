@@ -21,6 +21,7 @@ import torch
 
 from search_spaces import ArchSpec, get_space, list_spaces, resolve_spec
 from search_spaces.errors import UserError
+from search_spaces.files import atomic_write_text
 from trials.data import DataBundle, load_data
 from trials.training import (
     TrainConfig,
@@ -138,7 +139,7 @@ def _cached_data(data: str, image_size: int | None, include_test: bool, val_frac
 def static_costs(spec: ArchSpec, image_size: int) -> dict[str, float]:
     """The numeric cost fields of `nas.static_costs` (params, MACs, peak memory; no latency:
     that needs timing runs, which the search does once per spec if an objective uses it)."""
-    from nas.costs import static_costs as costs_of
+    from nas.models.costs import static_costs as costs_of
 
     record = costs_of(spec, image_size)
     raw = record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
@@ -230,16 +231,10 @@ class Trial:
         `checkpoint.pt` and `metrics.jsonl` (one JSON record per finished epoch)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_text(directory / "spec.json", self.spec.to_json(indent=2) + "\n")
+        atomic_write_text(directory / "spec.json", self.spec.to_json(indent=2) + "\n")
         self.save(directory)
-        _write_text(directory / "metrics.jsonl",
+        atomic_write_text(directory / "metrics.jsonl",
                     "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.trainer.curve))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["COST_KEYS", "TRIAL_DEFAULTS", "Trial", "TrainingFailed", "check_config", "fit_spec",

@@ -8,7 +8,6 @@ cluster. Everything the run decides is in OUT/NAME (see `nas.experiment`).
 from __future__ import annotations
 
 import argparse
-import itertools
 import re
 import sys
 from collections.abc import Sequence
@@ -17,21 +16,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+import torch
 
 from nas.experiment import (
     ExperimentConfig,
+    ExperimentDir,
     load_config,
     open_storage,
     prepare_directory,
     read_trials_csv,
     study_storage_url,
 )
-from nas.objectives import OBJECTIVES, Objective, parse_objectives
-from nas.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from nas.models.costs import measure_costs, static_costs
+from nas.search.anchor import cheapest_corner, corner_specs
+from nas.search.controller import CONSTRAINT_COLUMNS, SearchController, adapt_to_task
+from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
+from nas.search.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
+from search_spaces.files import atomic_write_text
 from search_spaces.registry import get_space, list_presets, list_spaces, named_point
-from search_spaces.resnest_space import AnswerTrial, ResNeStSpace
+from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
+from trials import ray_runner
+from trials.data import load_data
 
 SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
 
@@ -48,7 +57,7 @@ def parse_duration(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m nas.search",
         description="Search ResNeSt-family architectures for accuracy versus cost.",
     )
@@ -147,8 +156,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
 
 def cost_function(config: ExperimentConfig) -> Any:
     """Static costs per spec at the search's resolution; latency only when something uses it."""
-    from nas.costs import measure_costs, static_costs
-
     needs_latency = "latency" in config.objectives or "max_latency_ms" in config.constraints
 
     def costs(spec: ArchSpec) -> dict[str, float]:
@@ -165,41 +172,10 @@ def cost_function(config: ExperimentConfig) -> Any:
     return costs
 
 
-def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec]:
-    """The space's cheapest-looking corners: every binary choice at the smallest sizes."""
-    p = space.preset
-    specs = []
-    radix = min(p.usable_radix)
-    cardinality = min(p.cardinality if radix == 0 else p.attention_cardinalities)
-    for stem, avg_down, avd in itertools.product(p.stem, p.avg_down, p.avd):
-        for avd_first in p.avd_first_choices_given_avd(avd):
-            specs.append(space.suggest(AnswerTrial({
-                "stem": stem, "stem_width": min(p.stem_width), "base_planes": min(p.base_planes),
-                "avg_down": avg_down, "avd": avd, "avd_first": avd_first,
-                "attn_reduction": max(p.attn_reduction), "attn_min_width": min(p.attn_min_width),
-                "dropout": p.dropout[0],
-                **{f"s{i + 1}_{k}": v for i, (low, _) in enumerate(p.stage_depths)
-                   for k, v in (("depth", low), ("radix", radix), ("cardinality", cardinality),
-                                ("cardinality_plain", cardinality), ("width", min(p.width)))},
-            })).replace(num_classes=config.num_classes, in_channels=config.in_channels))
-    return specs
-
-
-def cheapest_corner(space: ResNeStSpace, config: ExperimentConfig) -> ArchSpec:
-    """The corner with the fewest MACs at the search's image size: evaluated first, it anchors
-    the cheap end of the front, which random proposals rarely reach in a space this wide."""
-    from nas.costs import static_costs
-
-    return min(corner_specs(space, config),
-               key=lambda s: (static_costs(s, config.image_size).macs, s.tag))
-
-
 def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any) -> None:
     """Refuse constraints that no architecture of the space meets, before any training."""
     if not config.constraints:
         return
-    from nas.controller import CONSTRAINT_COLUMNS
-
     rng = np.random.default_rng(config.seed)
     candidates = corner_specs(space, config) + [
         space.sample(rng).replace(num_classes=config.num_classes, in_channels=config.in_channels)
@@ -267,8 +243,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             time_budget_s=parse_duration(args.time_budget) if args.time_budget
             else stored.time_budget_s,
         )
-    from trials.data import load_data
-
     data = load_data(config.data, config.image_size or None, include_test=False)
     config = replace(config, image_size=data.image_size, num_classes=data.num_classes,
                      in_channels=data.in_channels)
@@ -282,18 +256,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     objectives = parse_objectives(list(config.objectives))
     costs = cost_function(config)
     check_satisfiable(space, config, costs)
-    from trials import ray_runner
-
     if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
-        import torch
-
         check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
     ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
     if runtime["address"]:
         check_gpus(runtime["gpus_per_trial"], ray_runner.cluster_gpus(), runtime["address"])
     exp.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        (exp / "experiment.json").write_text(config.to_json())
+        atomic_write_text(ExperimentDir(exp).config, config.to_json())
     study = open_study(config, exp, objectives, resume=args.resume)
     controller = make_controller(config, exp, study, space, objectives, costs, args.resume)
     concurrency = runtime["concurrency"] or default_concurrency(
@@ -323,8 +293,6 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective, ...],
                resume: bool) -> Any:
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A resumed search must not replay the seeded sampler's first proposals: offset the seed.
     existing = len(read_trials_csv(exp)) if resume else 0
@@ -341,8 +309,6 @@ def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective,
 
 def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResNeStSpace,
                     objectives: tuple[Objective, ...], costs: Any, resume: bool) -> Any:
-    from nas.controller import SearchController, adapt_to_task
-
     records = read_trials_csv(exp) if resume else []
     done = {r.spec.spec_hash for r in records}
     seeds = [adapt_to_task(named_point(n), config, space.preset.input_regime)
@@ -355,7 +321,7 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
         return {
             "spec": spec.to_json(), "data": config.data, "image_size": config.image_size,
             "epochs": config.epochs, "seed": config.seed, "trial_dir": str(
-                (exp / "trials" / trial_id).resolve()), "resume_from": resume_from,
+                ExperimentDir(exp).trial(trial_id).path.resolve()), "resume_from": resume_from,
             "train": dict(config.train),
         }
 
@@ -376,11 +342,7 @@ def print_front(controller: Any, objectives: tuple[Objective, ...]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ import pandas as pd
 
 from analysis.front import as_objectives, knee, pareto_front
 from analysis.load import load, open_experiment
-from analysis.pareto import OneLineParser
-from nas.experiment import ExperimentConfig
-from nas.export_verify import VerificationError
-from nas.objectives import OBJECTIVES, Objective
+from nas.experiment import ExperimentConfig, ExperimentDir
+from nas.export.verify import VerificationError
+from nas.search.objectives import OBJECTIVES, Objective
+from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
 
@@ -149,7 +149,7 @@ def checkpoint_of(row: pd.Series, exp: Path, allow_partial: bool) -> Path:
     why = f" ({row['reason']})" if row["reason"] else ""
     if state == "INFEASIBLE":
         raise UserError(f"trial {trial_id} was never trained: it is INFEASIBLE{why}")
-    candidates = [exp / "trials" / trial_id / "checkpoint.pt"]
+    candidates = [ExperimentDir(exp).trial(trial_id).checkpoint]
     if row["checkpoint"]:
         candidates.append(Path(row["checkpoint"]))
     path = next((p for p in candidates if p.is_file()), None)
@@ -239,8 +239,8 @@ def metadata(row: pd.Series, exp: Path, config: ExperimentConfig, state: dict[st
 def export(row: pd.Series, exp: Path, config: ExperimentConfig, out: Path, name: str,
            onnx: bool, force: bool, checkpoint: Path, how: dict[str, Any]) -> dict[str, Path]:
     """Stage, verify, then publish all files into `out`; nothing reaches `out` unless verified."""
-    from nas.codegen import generate_source
-    from nas.export_verify import reference_outputs, verify_module, verify_onnx
+    from nas.export.codegen import generate_source
+    from nas.export.verify import reference_outputs, verify_module, verify_onnx
     from trials.training import load_checkpoint
 
     spec = ArchSpec.from_json(row["spec"])
@@ -329,14 +329,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except VerificationError as err:
-        print(f"error: export verification failed, nothing written: {err}", file=sys.stderr)
-        return 1
+    return run_cli(run, argv, {VerificationError: (1, "export verification failed, nothing written: ")})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import optuna
 
-from nas.objectives import Objective
-from nas.pareto_pruner import ParetoPruner
-from nas.tpe_sampler import make_tpe_sampler
+from nas.search.objectives import Objective
+from nas.search.pruner import ParetoPruner
+from nas.search.tpe_sampler import make_tpe_sampler
 from search_spaces.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "qmc")

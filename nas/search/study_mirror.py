@@ -8,7 +8,7 @@ instead, and `persist` writes a trial to the durable study in one transaction wh
 (parameters, costs, spec) and in one more when it ends (its intermediate accuracies, constraint
 values, state and values; one to three through Optuna's API).
 
-On an RDB storage those transactions go through `nas.rdb_trial_writer`, a few statements each
+On an RDB storage those transactions go through `nas.search.rdb_trial_writer`, a few statements each
 (Optuna's own create takes ~60: it re-checks every parameter's distribution, which the in-memory
 study has already done); other storages get Optuna's API. The start is written by a background
 thread while the trial trains; every later write waits for it, so the durable study never
@@ -32,8 +32,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas import rdb_trial_writer
-from nas.rdb_trial_writer import changes
+from nas.search import rdb_trial_writer
+from nas.search.rdb_trial_writer import changes
 
 WRITES_ENV = "NAS_STUDY_WRITES"  # "optuna": Optuna's API; anything else: the direct writer
 
@@ -43,7 +43,7 @@ class StudyMirror:
 
     def __init__(self, durable: optuna.Study, direct: bool = True) -> None:
         """`direct`: write trials to an RDB storage in a few statements per transaction
-        (`nas.rdb_trial_writer`); False, or a storage it cannot write, uses Optuna's API."""
+        (`nas.search.rdb_trial_writer`); False, or a storage it cannot write, uses Optuna's API."""
         self.durable = durable
         self._rdb = rdb_trial_writer.rdb_backend(durable._storage) if direct else None
         self.study = optuna.create_study(
@@ -80,7 +80,7 @@ class StudyMirror:
     def wrap(study: optuna.Study) -> StudyMirror | None:
         """A mirror for a study on durable storage; None for an in-memory study (nothing to save).
         `NAS_STUDY_WRITES=optuna` in the environment writes through Optuna's API instead of
-        `nas.rdb_trial_writer`: the way out should a database or Optuna release disagree with it."""
+        `nas.search.rdb_trial_writer`: the way out should a database or Optuna release disagree with it."""
         if isinstance(study._storage, optuna.storages.InMemoryStorage):
             return None
         return StudyMirror(study, direct=os.environ.get(WRITES_ENV, "direct") != "optuna")

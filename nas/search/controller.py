@@ -3,7 +3,7 @@ static costs, consults the pruner at every epoch report, and records every trial
 
 `trials/ray_runner.py` adapts this to Ray Tune's Searcher/Scheduler callbacks; tests can drive it
 directly. Optuna refuses `Trial.report` in multi-objective studies, so intermediate accuracies go to
-the study's storage directly (see `nas.pareto_pruner`); a pruned trial is told to Optuna as PRUNED (never COMPLETE with a
+the study's storage directly (see `nas.search.pruner`); a pruned trial is told to Optuna as PRUNED (never COMPLETE with a
 partial accuracy), so it never enters the sampler's model or the front as a finished value.
 """
 
@@ -19,16 +19,15 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from nas.experiment import CsvCache, ExperimentConfig, write_trials_csv
-from nas.objectives import Objective
-from nas.pareto import pareto_mask
-from nas.pareto_pruner import INTERMEDIATE_ATTR
-from nas.strategy import record_violations
-from nas.study_mirror import StudyMirror
+from nas.experiment import CsvCache, ExperimentConfig, ExperimentDir, TrialRecord, write_trials_csv
+from nas.search.objectives import Objective
+from nas.search.pareto import pareto_mask
+from nas.search.pruner import INTERMEDIATE_ATTR
+from nas.search.strategy import record_violations
+from nas.search.study_mirror import StudyMirror
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
-from trials.record import TrialRecord
 
 # Constraint flag -> cost column it bounds.
 CONSTRAINT_COLUMNS = {"max_macs": "macs", "max_params": "params", "max_latency_ms": "latency_ms"}
@@ -280,7 +279,7 @@ class SearchController:
         )
 
     def _checkpoint_of(self, trial_id: str) -> str | None:
-        checkpoint = self.exp / "trials" / trial_id / "checkpoint.pt"
+        checkpoint = ExperimentDir(self.exp).trial(trial_id).checkpoint
         return str(checkpoint) if checkpoint.exists() else None
 
     def front(self) -> list[TrialRecord]:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from nas.split_attention import SplitAttention
+from nas.models.split_attention import SplitAttention
 from search_spaces.registry import SpecLike, resolve_spec
 from search_spaces.spec import EXPANSION, ArchSpec
 

@@ -22,7 +22,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.pareto import top_k_with_ties
+from nas.search.pareto import top_k_with_ties
 
 INTERMEDIATE_ATTR = "intermediate_accuracy"
 

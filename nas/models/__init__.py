@@ -1,0 +1,1 @@
+"""The network: builder, split attention and measured costs (the only layer of `nas` under trials)."""
