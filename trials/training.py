@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext

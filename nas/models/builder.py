@@ -8,12 +8,11 @@ Module and parameter names follow timm's ResNet/ResNeSt (`conv1.{0,1,3,4,6}`, `b
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
 from nas.models.split_attention import SplitAttention
+from search_spaces.block_plan import block_plan
 from search_spaces.registry import SpecLike, resolve_spec
 from search_spaces.spec import EXPANSION, ArchSpec
 
@@ -81,38 +80,6 @@ def _downsample(in_channels: int, out_channels: int, stride: int, avg_down: bool
                              _bn(out_channels))
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
                          _bn(out_channels))
-
-
-class BlockArgs(NamedTuple):
-    """Constructor arguments of one `Bottleneck`; hashable, so cost caches can key on it."""
-
-    in_channels: int
-    planes: int
-    group_width: int
-    attn_width: int
-    radix: int
-    cardinality: int
-    stride: int
-    avd: bool
-    avd_first: bool
-    avg_down: bool
-
-
-def block_plan(spec: ArchSpec) -> list[list[BlockArgs]]:
-    """The blocks of every stage, in order (the one place that maps a spec to blocks)."""
-    plan, in_channels = [], spec.stem_out_channels
-    for i, stage in enumerate(spec.stages):
-        planes = spec.stage_planes(i)
-        attn = spec.attention_width(i) if stage.radix >= 1 else 0
-        blocks = []
-        for j in range(stage.depth):
-            blocks.append(BlockArgs(
-                in_channels, planes, spec.group_width(i), attn, stage.radix, stage.cardinality,
-                2 if (i > 0 and j == 0) else 1, spec.avd, spec.avd_first, spec.avg_down,
-            ))
-            in_channels = planes * EXPANSION
-        plan.append(blocks)
-    return plan
 
 
 def make_stem(stem: str, width: int, in_channels: int, input_regime: str
