@@ -41,8 +41,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from nas.models.builder import BlockArgs, Bottleneck, block_plan, build_model, make_stem
+from nas.models.builder import Bottleneck, build_model, make_stem
 from nas.models.meta_kernels import meta_output
+from search_spaces.block_plan import BlockArgs, block_plan
 from search_spaces.errors import UserError
 from search_spaces.registry import SpecLike, resolve_spec
 from search_spaces.spec import ArchSpec
