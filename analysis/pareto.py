@@ -29,7 +29,9 @@ from analysis.front import (
     reference_point,
     with_status,
 )
+from analysis.importance import param_importances
 from analysis.load import configs, load
+from analysis.plots import save_html, save_png
 from nas.search.objectives import OBJECTIVES, Objective
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
@@ -140,8 +142,6 @@ def summary(df: pd.DataFrame, objs: Sequence[Objective]) -> str:
 
 def importance_text(paths: Sequence[str], labels: Sequence[str],
                     objs: Sequence[Objective]) -> str:
-    from analysis.importance import param_importances
-
     lines = []
     for path, label in zip(paths, labels, strict=True):
         table = param_importances(path, objs)
@@ -175,13 +175,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         print()
         print(importance_text(args.experiments, list(labels), objs))
     if args.plot:
-        from analysis.plots import save_png
-
         save_png(df, objs, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.html:
-        from analysis.plots import save_html
-
         save_html(df, objs, args.html)
         print(f"wrote {args.html}", file=sys.stderr)
     return 0

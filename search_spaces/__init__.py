@@ -3,6 +3,7 @@
 from search_spaces.errors import SpecError, UserError
 from search_spaces.registry import (
     get_space,
+    list_distinct_spaces,
     list_named_points,
     list_presets,
     list_spaces,
@@ -14,5 +15,5 @@ from search_spaces.spec import ArchSpec, StageSpec
 
 __all__ = [
     "ArchSpec", "StageSpec", "ResNeStSpace", "SpacePreset", "SpecError", "UserError",
-    "get_space", "list_named_points", "list_presets", "list_spaces", "named_point", "resolve_spec",
+    "get_space", "list_distinct_spaces", "list_named_points", "list_presets", "list_spaces", "named_point", "resolve_spec",
 ]

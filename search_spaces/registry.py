@@ -23,6 +23,11 @@ def list_spaces() -> list[str]:
     return list(SPACES)
 
 
+def list_distinct_spaces() -> list[str]:
+    """One name per distinct space (the first of its aliases): what a test or table iterates."""
+    return list({preset: name for name, preset in reversed(SPACES.items())}.values())[::-1]
+
+
 def list_presets() -> list[str]:
     return list(PRESETS)
 

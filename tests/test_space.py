@@ -11,7 +11,13 @@ import pytest
 import search_spaces as ss
 from search_spaces.resnest_space import IMAGENET, SMALL, ResNeStSpace
 
-SPACES = ss.list_spaces()
+SPACES = ss.list_distinct_spaces()
+
+
+def test_aliases_name_the_same_space_and_each_space_is_tested_once() -> None:
+    assert SPACES == ["resnest", "resnest-imagenet"]
+    assert ss.get_space("resnest").preset == ss.get_space("resnest-small").preset
+    assert set(ss.list_spaces()) == {"resnest", "resnest-small", "resnest-imagenet"}
 
 
 @pytest.mark.parametrize("space_name", SPACES)

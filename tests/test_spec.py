@@ -14,7 +14,7 @@ NAMED = ss.list_named_points()
 
 
 def _samples(n: int = 200) -> list[tuple[str, int]]:
-    return [(space, seed) for space in ss.list_spaces() for seed in range(n)]
+    return [(space, seed) for space in ss.list_distinct_spaces() for seed in range(n)]
 
 
 @pytest.mark.parametrize("name", NAMED)
