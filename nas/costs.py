@@ -16,9 +16,10 @@ def _format(record: CostRecord) -> str:
     lines = [
         f"params              {record.params / 1e6:.2f} M ({record.params})",
         f"MACs @{record.image_size}px         {record.macs / 1e9:.3f} G per image",
-        f"peak train-forward  {record.peak_memory_bytes / 2**20:.1f} MiB "
-        f"(batch {record.batch_size}, {record.device})",
     ]
+    if record.peak_memory_bytes is not None:
+        lines.append(f"peak train-forward  {record.peak_memory_bytes / 2**20:.1f} MiB "
+                     f"(batch {record.batch_size}, {record.device})")
     if record.latency_ms is not None:
         lines.append(f"latency (batch 1)   {record.latency_ms:.2f} ms on {record.device}")
         lines.append(f"throughput          {record.throughput_images_per_s:.1f} images/s "

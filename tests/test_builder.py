@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from nas import build_model
-from nas.models.builder import Bottleneck, ResNeSt, make_stem
-from nas.models.split_attention import SplitAttention
+from nas.models.network import Bottleneck, ResNeSt, SplitAttention, make_stem
 from search_spaces import ArchSpec, SpecError, StageSpec, get_space, list_named_points, list_spaces
 from search_spaces.block_plan import BlockArgs, block_plan
 from search_spaces.named_points import TIMM_POINTS

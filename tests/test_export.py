@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -21,9 +24,14 @@ from analysis.front import knee, pareto_front
 from analysis.load import load
 from nas.export import cli as ex
 from nas.export import verify as export_verify
+from nas.export.codegen import generate_source, network_source
 from nas.export.verify import import_file
-from search_spaces import ArchSpec
+from nas.models import network
+from search_spaces import ArchSpec, StageSpec, get_space, list_named_points, list_spaces
+from search_spaces.block_plan import BlockArgs, block_plan
 from search_spaces.errors import UserError
+from search_spaces.registry import SpecLike, resolve_spec
+from search_spaces.spec import EXPANSION
 from trials.training import load_checkpoint
 
 STDLIB_IMPORTS = {"__future__", "json", "struct", "pathlib"}
@@ -92,14 +100,7 @@ def test_export_writes_module_weights_metadata_and_onnx(exported: dict[str, Path
 
 
 def test_module_imports_only_torch_and_the_standard_library(exported: dict[str, Path]) -> None:
-    tree = ast.parse(exported["py"].read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            roots.add((node.module or "").split(".")[0])
-    assert roots == {"torch"} | STDLIB_IMPORTS
+    assert _import_roots(exported["py"].read_text()) == {"torch"} | STDLIB_IMPORTS
 
 
 def test_weights_are_the_checkpoint_weights(exported: dict[str, Path], df: pd.DataFrame,
@@ -179,48 +180,126 @@ def test_module_builds_other_class_counts_from_the_trained_backbone(
 
 # Code generation -------------------------------------------------------------------------------
 def _spec(stages: list[tuple[int, int, int, int]], **kw: Any) -> ArchSpec:
-    from search_spaces import StageSpec
-
     base = {"stem_width": 8, "base_planes": 16, "attn_min_width": 8, "num_classes": 7,
             "in_channels": 3, "input_regime": "small"}
     return ArchSpec(stages=tuple(StageSpec(*s) for s in stages), **{**base, **kw})
 
 
-CODEGEN_SPECS = {
+def _conv_weights(spec: ArchSpec) -> int:
+    """The blocks' 1x1 and 3x3 conv weights: most of a network's size, torch-free."""
+    return sum(b.in_channels * b.group_width + b.group_width ** 2 * 9 * max(b.radix, 1)
+               // b.cardinality + b.group_width * b.planes * 4
+               for stage in block_plan(spec) for b in stage)
+
+
+def _small_samples(space: str, n: int = 3, among: int = 10) -> list[ArchSpec]:
+    """The n smallest of the first seeded samples (ImageNet-preset samples reach 1B parameters)."""
+    specs = [get_space(space).sample(np.random.default_rng(seed)) for seed in range(among)]
+    return sorted(specs, key=_conv_weights)[:n]
+
+
+CODEGEN_SPECS: dict[str, SpecLike] = {
     "radix2": _spec([(1, 2, 1, 16)] * 3),
     "radix1-only-grouped": _spec([(2, 1, 2, 16)] * 2, avd_first=True),
     "plain-only": _spec([(1, 0, 4, 16)] * 3, stem="plain", avg_down=False, avd=False),
     "mixed": _spec([(1, 0, 1, 8), (1, 4, 1, 16), (2, 1, 2, 8), (1, 2, 2, 16)], dropout=0.2),
     "imagenet-plain-stem": _spec([(1, 2, 2, 16)] * 2, stem="plain", input_regime="imagenet"),
     "imagenet-deep-no-avd": _spec([(2, 4, 1, 16)] * 2, input_regime="imagenet", avd=False),
+    **{name: name for name in list_named_points()},
+    # A few seeded samples of each preset ("resnest" and "resnest-small" share one preset).
+    **{f"{space}-{spec.spec_hash}": spec
+       for space in {get_space(n).preset.name: n for n in list_spaces()}.values()
+       for spec in _small_samples(space)},
 }
+PREPROCESSING = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def _import_roots(source: str) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots.add((node.module or "").split(".")[0])
+    return roots
+
+
+def _randomize_bn(model: torch.nn.Module) -> None:
+    """Random BN statistics and affines (zero-initialized BNs would hide every residual branch);
+    the last BN of each branch stays small so outputs stay O(1) even 50 blocks deep."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                scale = 0.3 if name.endswith(("bn3", "downsample.1", "downsample.2")) else 1.0
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * scale + 0.5 * scale)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Small inputs gain nothing from a second thread on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_generated_source_embeds_the_network_module_verbatim() -> None:
+    """One implementation: the export is the builder's own network file after its own header
+    (so a change to the builder is a change to every export), cut only of its docstring and
+    `from __future__` line."""
+    body = network_source()
+    full = inspect.getsource(network)
+    assert full.endswith(body) and len(body) > len(full) // 2
+    cut = ast.parse(full[:-len(body)]).body
+    assert [type(node) for node in cut] == [ast.Expr, ast.ImportFrom]  # docstring, __future__
+    assert _import_roots(full) == {"__future__", "torch"}
+    source = generate_source(resolve_spec("resnest14d"), weights_file="w.safetensors",
+                             preprocessing=PREPROCESSING)
+    assert source.count(body) == 1
+    assert source.index(body) < source.index("PLAN = (")
+
+
+def test_network_takes_the_block_plan_as_plain_rows() -> None:
+    """The torch-only network and the torch-free plan agree on the row layout and constants."""
+    assert tuple(inspect.signature(network.Bottleneck).parameters) == BlockArgs._fields
+    assert len(network.BlockRow.__args__) == len(BlockArgs._fields)
+    assert network.EXPANSION == EXPANSION
+    too_deep = (((64, 16, 16, 0, 0, 1, 1, False, False, False),),) * (network.MAX_STAGES + 1)
+    with pytest.raises(ValueError, match="plan needs 1 to 6 stages"):
+        network.ResNeSt("plain", 8, 3, "small", too_deep, 0.0, 10)
 
 
 @pytest.mark.parametrize("key", list(CODEGEN_SPECS))
-def test_generated_code_equals_build_model(key: str, tmp_path: Path) -> None:
-    from nas.export.codegen import generate_source
-
-    spec = CODEGEN_SPECS[key]
+def test_generated_module_equals_build_model(key: str, tmp_path: Path, one_thread: None) -> None:
+    """Every named point and sampled spec: the same seed gives the same weights (init order), and
+    with random BN weights and statistics the same outputs, bit for bit; the module imports only
+    torch and the standard library and passes the project's lint rules."""
+    spec = resolve_spec(CODEGEN_SPECS[key])
     source = generate_source(spec, weights_file="w.safetensors", provenance="test",
-                             preprocessing={"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3})
-    radices = {s.radix for s in spec.stages}
-    assert ("class SplitAttention" in source) == any(r > 0 for r in radices)  # specialised
-    assert ("softmax" in source) == any(r > 1 for r in radices)
-    assert ("self.maxpool" in source) == (spec.input_regime == "imagenet")
+                             preprocessing=PREPROCESSING)
+    assert _import_roots(source) <= {"torch"} | STDLIB_IMPORTS
     path = tmp_path / f"gen_{key.replace('-', '_')}.py"
     path.write_text(source)
+    module = import_file(path)
     torch.manual_seed(0)
     reference = nas.build_model(spec).eval()
-    with torch.no_grad():  # random weights and statistics: zero-initialized BNs hide nothing
-        for name, tensor in reference.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.rand_like(tensor) + 0.5 if "running_var" in name
-                             else torch.randn_like(tensor) * 0.2)
-    model = import_file(path).build().eval()
+    torch.manual_seed(0)
+    model = module.build().eval()
+    theirs, ours = reference.state_dict(), model.state_dict()
+    assert list(theirs) == list(ours)
+    assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    _randomize_bn(reference)
     model.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    size = max(16, spec.min_image_size)
+    x = torch.randn(2, spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert (model(x) - reference(x)).abs().max().item() <= 1e-5
+        out = model(x)
+        assert torch.equal(out, reference(x)) and out.shape == (2, spec.num_classes)
+    assert out.abs().max() > 0.05 and torch.isfinite(out).all()  # a real comparison
     ruff = shutil.which("ruff")
     if ruff:  # readable: the generated module passes the project's own lint rules
         lint = subprocess.run([ruff, "check", "--isolated", "--no-cache", "--line-length", "100",
@@ -238,7 +317,10 @@ def objectives() -> Any:
 
 def test_picks_accuracy_cheapest_and_knee(df: pd.DataFrame, small_experiment: Path) -> None:
     done = df[df["state"] == "COMPLETE"]
-    pick = lambda how, **c: ex.pick(df, how, objectives(), c, small_experiment)["trial_id"]  # noqa: E731
+
+    def pick(how: str, **c: float) -> str:
+        return ex.pick(df, how, objectives(), c, small_experiment)["trial_id"]
+
     assert pick("accuracy") == done.loc[done["accuracy"].idxmax(), "trial_id"]
     assert pick("cheapest") == done.loc[done["macs"].idxmin(), "trial_id"]
     front = pareto_front(df, "accuracy,macs")
@@ -301,23 +383,18 @@ def test_force_overwrites_existing_outputs(small_experiment: Path, tmp_path: Pat
 def test_wrong_module_outputs_fail_and_write_nothing(small_experiment: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import nas.export.codegen
-
-    real = nas.export.codegen.generate_source
-    monkeypatch.setattr(nas.export.codegen, "generate_source", lambda *a, **k: real(*a, **k).replace(
-        "return self.fc(x)", "return self.fc(x) * 1.001"))
+    monkeypatch.setattr(ex, "generate_source", lambda *a, **k: generate_source(*a, **k).replace(
+        "return self.fc(self.drop(x.mean((2, 3))))",
+        "return self.fc(self.drop(x.mean((2, 3)))) * 1.001"))
     code, _, err = run_export([small_experiment, "--trial", "t0001", "--out",
                                tmp_path / "out"], capsys)
     assert_refused(code, err, "outputs differ from the searched model", tmp_path / "out", rc=1)
 
 
-def test_module_importing_the_project_fails_verification(small_experiment: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    import nas.export.codegen
-
-    real = nas.export.codegen.generate_source
-    monkeypatch.setattr(nas.export.codegen, "generate_source", lambda *a, **k: real(*a, **k).replace(
+def test_module_importing_the_project_fails_verification(
+        small_experiment: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(ex, "generate_source", lambda *a, **k: generate_source(*a, **k).replace(
         "import torch\n", "import torch\nimport search_spaces  # noqa\n", 1))
     code, _, err = run_export([small_experiment, "--trial", "t0001", "--out",
                                tmp_path / "out"], capsys)
@@ -336,7 +413,7 @@ def test_onnx_mismatch_fails_and_writes_nothing(small_experiment: Path, tmp_path
     assert_refused(code, err, "ONNX outputs differ", out, rc=1)
 
 
-# Bad input -----------------------------------------------------------------------------------------
+# Bad input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, message", [
     (["--trial", "t9999"], "unknown trial id 't9999'"),
     (["--trial", "t0005"], "t0005 is PRUNED (pruned at epoch 1 by pareto): it has no "

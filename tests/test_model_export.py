@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from nas import build_model
-from nas.models.builder import Bottleneck
-from nas.models.split_attention import SplitAttention
+from nas.models.network import Bottleneck, SplitAttention
 from search_spaces import ArchSpec, StageSpec
 
 
@@ -31,7 +30,8 @@ def _one_thread() -> Iterator[None]:
 # softmax over radix 2 and 4 with cardinality > 1, avd before the conv, strided-conv shortcut,
 # 7x7 stem, dropout; plus a deep-stem, avg-down ImageNet-regime network.
 MIXED = ArchSpec(
-    stages=(StageSpec(1, 0, 2, 16), StageSpec(1, 1, 2, 16), StageSpec(2, 2, 2, 16), StageSpec(1, 4, 2, 16)),
+    stages=(StageSpec(1, 0, 2, 16), StageSpec(1, 1, 2, 16), StageSpec(2, 2, 2, 16),
+            StageSpec(1, 4, 2, 16)),
     stem="plain", stem_width=8, base_planes=16, avg_down=False, avd_first=True, dropout=0.1,
     attn_min_width=16, input_regime="small", in_channels=1, num_classes=10,
 )

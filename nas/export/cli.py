@@ -33,15 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from safetensors.torch import save_file
 
 from analysis.front import as_objectives, knee, pareto_front
 from analysis.load import load, open_experiment
 from nas.experiment import ExperimentConfig, ExperimentDir
-from nas.export.verify import VerificationError
+from nas.export.codegen import generate_source
+from nas.export.verify import VerificationError, reference_outputs, verify_module, verify_onnx
 from nas.search.objectives import OBJECTIVES, Objective
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
+from trials.data import load_data
+from trials.training import load_checkpoint
 
 PICKS = ("accuracy", "knee", "cheapest")
 FORMAT = "resnest-nas/export/1"
@@ -64,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-macs", type=float, help="--pick only trials with at most these MACs")
     p.add_argument("--max-params", type=float, help="--pick only trials with at most these params")
     p.add_argument("--max-latency-ms", type=float, help="--pick only trials at most this latency")
-    p.add_argument("--min-accuracy", type=float, help="--pick only trials at least this accurate (0-1)")
+    p.add_argument("--min-accuracy", type=float,
+                   help="--pick only trials at least this accurate (0-1)")
     p.add_argument("--out", type=Path, required=True, help="output directory (created if needed)")
     p.add_argument("--name", help="file and module name (default resnest_<tag>_<trial id>)")
     p.add_argument("--onnx", action="store_true", help="also write and verify <name>.onnx")
@@ -192,8 +197,6 @@ def preprocessing(state: dict[str, Any], config: ExperimentConfig) -> dict[str, 
     """What the data pipeline did to inputs: from the checkpoint, else re-derived from the data."""
     data = state.get("data")
     if not isinstance(data, dict) or not {"mean", "std", "image_size"} <= set(data):
-        from trials.data import load_data
-
         data = load_data(config.data, config.image_size or None, include_test=False).describe()
     return data
 
@@ -239,10 +242,6 @@ def metadata(row: pd.Series, exp: Path, config: ExperimentConfig, state: dict[st
 def export(row: pd.Series, exp: Path, config: ExperimentConfig, out: Path, name: str,
            onnx: bool, force: bool, checkpoint: Path, how: dict[str, Any]) -> dict[str, Path]:
     """Stage, verify, then publish all files into `out`; nothing reaches `out` unless verified."""
-    from nas.export.codegen import generate_source
-    from nas.export.verify import reference_outputs, verify_module, verify_onnx
-    from trials.training import load_checkpoint
-
     spec = ArchSpec.from_json(row["spec"])
     state = load_checkpoint(checkpoint)
     if state.get("spec") != spec.to_dict():
@@ -259,8 +258,6 @@ def export(row: pd.Series, exp: Path, config: ExperimentConfig, out: Path, name:
                       f"trained on {data.get('data', config.data)}.")
         staged["py"].write_text(generate_source(spec, weights_file=staged["safetensors"].name,
                                                 preprocessing=data, provenance=provenance))
-        from safetensors.torch import save_file
-
         save_file(weights, str(staged["safetensors"]), metadata={"spec": spec.to_json()})
         x, reference, params = reference_outputs(spec, weights, int(data["image_size"]))
         report = verify_module(staged["py"], x, reference, params, Path(tmp))
@@ -303,7 +300,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--name must be a Python identifier (it is the module name), "
                         f"got {args.name!r}")
     if args.onnx:
-        try:
+        try:  # optional: onnxruntime is a test extra, so --onnx checks before any work
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError as err:
@@ -329,7 +326,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(run, argv, {VerificationError: (1, "export verification failed, nothing written: ")})
+    return run_cli(run, argv,
+                   {VerificationError: (1, "export verification failed, nothing written: ")})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ user's machine. Not `-I`: that also drops the user site, where torch may live.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nas.models.builder import build_model
 from search_spaces.spec import ArchSpec
 
 OUTPUT_TOLERANCE = 1e-5
@@ -61,10 +63,8 @@ class VerificationError(Exception):
 
 def reference_outputs(spec: ArchSpec, weights: dict[str, torch.Tensor],
                       image_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(seeded input, `nas.build_model` logits with the weights, parameter count)."""
-    import nas
-
-    model = nas.build_model(spec)
+    """(seeded input, `build_model` logits with the weights, parameter count)."""
+    model = build_model(spec)
     model.load_state_dict(weights, strict=True)
     model.eval()
     generator = torch.Generator().manual_seed(VERIFY_SEED)
@@ -111,8 +111,6 @@ def verify_module(module_file: Path, x: torch.Tensor, reference: torch.Tensor, p
 
 def import_file(path: Path) -> Any:
     """Import a Python file as a module in this process (not registered in sys.modules)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"_nas_export_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -131,7 +129,7 @@ def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
 
 
 def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
-    import onnxruntime
+    import onnxruntime  # optional (a test extra): only --onnx needs it, and the CLI checks first
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
