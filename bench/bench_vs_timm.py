@@ -1,18 +1,23 @@
 """Training-step throughput of our builder vs timm, interleaved A/B in one process.
 
-One step = forward + cross-entropy + backward + SGD(momentum) step on a fixed random batch. Both
-models hold the same weights (ours loads timm's state dict, checked equal in eval first), run in
-the same memory format and autocast setting, and alternate every round (ABBA order) so drift in
-machine load hits both alike. Reports medians over rounds and the ratio ours/timm in images/s.
+Is a network built by `nas.build_model` as fast to train as timm's implementation of the same
+architecture? One step = forward + cross-entropy + backward + SGD(momentum) step on a fixed
+random batch. Both models hold the same weights (ours loads timm's state dict, checked equal in
+eval first), run in the same memory format and autocast setting, and alternate every round
+(ABBA order) so drift in machine load hits both alike. Reports medians over rounds and the
+ratio ours/timm in images/s (> 1: ours is faster).
 
 `--unit split-attention` times only the split-attention modules (forward + backward, every
 distinct shape the model runs, weighted by how often it occurs): the one part whose code differs
 from timm's, with far less noise than whole steps on a shared machine.
 
-    python bench/bench_vs_timm.py --batch-size 8 --image-size 224 --rounds 6
-    python bench/bench_vs_timm.py --unit split-attention --threads 1 --rounds 15
-    python bench/bench_vs_timm.py --device cuda --amp --channels-last   # GPU: bf16 autocast
-    python bench/bench_vs_timm.py --device cuda --amp --formats  # ours: channels_last vs NCHW
+    python -m bench.bench_vs_timm --models resnest50d_4s2x40d resnest50d --repeats 4 --rounds 8
+    python -m bench.bench_vs_timm --unit split-attention --threads 1 --rounds 15
+    python -m bench.bench_vs_timm --aa --models resnest50d   # A/A: the harness's own bias
+    python -m bench.bench_vs_timm --device cuda --amp --channels-last   # GPU: bf16 autocast
+    python -m bench.bench_vs_timm --device cuda --amp --formats  # ours: channels_last vs NCHW
+
+timm is the reference only (nas/ never imports it): install it with the `test` extra.
 """
 
 from __future__ import annotations
@@ -31,10 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nas import build_model  # noqa: E402
-from nas.models.split_attention import SplitAttention  # noqa: E402
+from nas.models.builder import build_model
+from nas.models.split_attention import SplitAttention
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +68,8 @@ def ab_time(fns: dict[str, Callable[[], None]], rounds: int, reps: int,
 
 
 def summarize(wall: Timings, cpu: Timings) -> dict[str, float]:
-    """Statistics of an ours/timm pair (`--formats`: channels_last in the ours slot, NCHW in timm's)."""
+    """Statistics of an ours/timm pair (`--formats`: channels_last in the ours slot, NCHW in
+    timm's)."""
     paired = sorted(t / o for o, t in zip(wall["ours"], wall["timm"], strict=True))
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
@@ -84,7 +88,7 @@ def _pair(name: str, device: torch.device, channels_last: bool, ours_first: bool
           same: bool = False) -> dict[str, torch.nn.Module]:
     """Both models with timm's weights. `same`: the "ours" slot holds a second timm model (an A/A
     run: measures the harness's own bias, e.g. from where each model's memory landed)."""
-    import timm  # the benchmark's reference only; nas/ never imports timm
+    import timm  # lazy: the reference is an optional (test-extra) package, used only here
 
     def make_ours() -> torch.nn.Module:
         return timm.create_model(name, pretrained=False) if same else build_model(name)
@@ -137,11 +141,14 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
         if args.formats:  # our model twice, same weights: channels_last ("ours") vs NCHW ("timm")
             torch.manual_seed(0)
             base = build_model(name)
+            formats = (("ours", torch.channels_last), ("timm", torch.contiguous_format))
             models = {k: copy.deepcopy(base).to(device=device, memory_format=fmt).train()
-                      for k, fmt in (("ours", torch.channels_last), ("timm", torch.contiguous_format))}
-            inputs = {"ours": x.contiguous(memory_format=torch.channels_last), "timm": x.contiguous()}
+                      for k, fmt in formats}
+            inputs = {"ours": x.contiguous(memory_format=torch.channels_last),
+                      "timm": x.contiguous()}
         else:
-            models = _pair(name, device, args.channels_last, ours_first=repeat % 2 == 1, same=args.aa)
+            models = _pair(name, device, args.channels_last, ours_first=repeat % 2 == 1,
+                           same=args.aa)
             inputs = {"ours": x, "timm": x}
         steps = {k: make_step(m, inputs[k]) for k, m in models.items()}
         for fn in steps.values():
@@ -161,7 +168,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, float]:
 def bench_split_attention(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Sum over the model's split-attention calls of forward + backward time, ours vs timm's
     `SplitAttn` holding the same weights (each distinct input shape timed once, weighted)."""
-    from timm.layers.split_attn import SplitAttn
+    from timm.layers.split_attn import SplitAttn  # lazy: optional reference package
 
     device = torch.device(args.device)
     model = build_model(name)

@@ -1,4 +1,8 @@
-"""Summarise `bench/search_efficiency.py` runs: hypervolume vs epochs (mean +- std), targets, plot."""
+"""Summary of `bench.search_efficiency` runs: hypervolume against epochs, the targets, the plot.
+
+Reads the runs' JSON files in a directory and returns a markdown report (mean ± std over seeds);
+`python -m bench.search_efficiency --report-only --out DIR` prints it and rewrites the plot.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import numpy as np
 
 LABELS = {"default": "(a) TPE + pareto pruner", "random": "(b) random, no pruning",
           "tpe_sha": "(c) TPE + accuracy-only SHA",
-          "default_noanchor": "(a') as (a), no anchor", "tpe_sha_noanchor": "(c') as (c), no anchor"}
+          "default_noanchor": "(a') as (a), no anchor",
+          "tpe_sha_noanchor": "(c') as (c), no anchor"}
 GOOD = 0.85  # "useful" accuracy for the cheap-end statement
 
 
@@ -64,12 +69,14 @@ def report(out: Path, plot: Path, strategies: list[str] | None) -> str:
             f"| {LABELS.get(s, s)} | {len(rs)} | {final.mean():.4f} ± {_std(final):.4f} "
             f"| {', '.join(f'{v:.4f}' for v in final)} | {', '.join(counts)} "
             f"| {', '.join(str(r['epochs_spent']) for r in rs)} "
-            f"| {np.mean([r['train_s'] for r in rs]):.0f} | {np.mean([r['wall_s'] for r in rs]):.0f} |")
+            f"| {np.mean([r['train_s'] for r in rs]):.0f} "
+            f"| {np.mean([r['wall_s'] for r in rs]):.0f} |")
     lines += ["", "hypervolume mean ± std at epochs " + ", ".join(
         str(e) for e in _checkpoints(budget)) + ":"]
     for s in runs:
         lines.append(f"- {s}: " + "; ".join(
-            f"{curves[s][:, e].mean():.4f} ± {_std(curves[s][:, e]):.4f}" for e in _checkpoints(budget)))
+            f"{curves[s][:, e].mean():.4f} ± {_std(curves[s][:, e]):.4f}"
+            for e in _checkpoints(budget)))
     if "default" in runs and "random" in runs:
         lines += ["", *_targets(curves, runs, budget)]
     lines += ["", "cheapest front member per run, and the cheapest with val top-1 >= "
@@ -121,6 +128,7 @@ def _share(epoch: int | None, budget: int) -> str:
 
 
 def _plot(curves: dict[str, np.ndarray], plot: Path, budget: int) -> None:
+    # matplotlib only for the plot, and its Agg backend chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")

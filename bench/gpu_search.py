@@ -1,20 +1,20 @@
 """Trials sharing one GPU inside a real search: Ray Tune with `--gpus-per-trial 1/k`.
 
-`bench/gpu_trials.py` starts the trial processes itself, so it runs where Ray cannot be
+`bench.gpu_trials` starts the trial processes itself, so it runs where Ray cannot be
 installed. This script runs the real thing: `python -m nas.search` on Ray Tune with
 `--gpus-per-trial 1/k --concurrency k` for each k, with the random sampler (seeded, so every k
 trains the same specs in the same order), no pruning and no anchor. While each search runs, NVML
 is sampled every 50 ms: GPU utilisation, and how many processes hold a CUDA context on the GPU,
 which shows whether Ray really put k trials on it at once. Per trial: the trainer's own images/s
 (training loop only), median over epochs >= 2. Each spec is also trained alone, outside Ray, by
-`bench/gpu_trials.py`'s trial process with the same threads, batch and image size: the search's
-images/s per trial against the same model trained standalone (issue 6, item 3, on the GPU).
-Small networks on a GPU are bound by the host's kernel launches, and their images/s moved by up to
-30% between back-to-back runs on an H100, so `--rounds` repeats everything, with the standalone
-runs after the searches in odd rounds and before them in even ones; tables show medians.
+`bench.gpu_trials`' trial process with the same threads, batch and image size: the search's
+images/s per trial against the same model trained standalone. Small networks on a GPU are bound
+by the host's kernel launches, so their images/s move between back-to-back processes; `--rounds`
+repeats everything, with the standalone runs after the searches in odd rounds and before them in
+even ones, and the tables show medians.
 
-    python bench/gpu_search.py --rounds 2            # on a CUDA machine with Ray installed
-    python bench/gpu_search.py --cpu --concurrency 1 2 --trials 2 --epochs 2 --cpus-per-trial 1
+    python -m bench.gpu_search --concurrency 1 4 --trials 4 --epochs 6 --rounds 3   # CUDA + Ray
+    python -m bench.gpu_search --cpu --concurrency 1 2 --trials 2 --epochs 2 --cpus-per-trial 1
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ray
+import torch
 
-from gpu_trials import Pool, Utilisation, steady, trial_config, write_raw  # noqa: E402
-from search_throughput import read_trials  # noqa: E402
+from bench.gpu_trials import Pool, Utilisation, steady, trial_config, write_raw
+from bench.search_throughput import read_trials
+from nas.experiment import ExperimentDir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +74,8 @@ def search(args: argparse.Namespace, k: int, gpu: Utilisation, round_: int) -> d
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     util = gpu.stop()
-    table = {row["trial_id"]: row for row in csv.DictReader((args.out / name / "trials.csv").open())}
+    with ExperimentDir(args.out / name).trials_csv.open() as handle:
+        table = {row["trial_id"]: row for row in csv.DictReader(handle)}
     trials = read_trials(args.out / name)
     for trial_id, trial in trials.items():
         trial.update(spec=str(trial["spec"]), tag=table[trial_id]["tag"],
@@ -135,18 +137,14 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]],
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if min(args.concurrency + [args.trials, args.cpus_per_trial, args.rounds]) < 1 or args.epochs < 2:
+    counts = [*args.concurrency, args.trials, args.cpus_per_trial, args.rounds]
+    if min(counts) < 1 or args.epochs < 2:
         print("error: --concurrency, --trials, --cpus-per-trial and --rounds must be >= 1 and "
-              "--epochs >= 2",
-              file=sys.stderr)
+              "--epochs >= 2", file=sys.stderr)
         return 2
-    import torch
-
     if not args.cpu and not torch.cuda.is_available():
         print("error: CUDA is not available (use --cpu for the smoke mode)", file=sys.stderr)
         return 2
-    import ray
-
     name = platform.processor() if args.cpu else torch.cuda.get_device_name(0)
     print(f"- {datetime.date.today().isoformat()}, {name}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, Ray {ray.__version__}, python {platform.python_version()}, "

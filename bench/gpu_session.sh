@@ -1,36 +1,34 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/benchmarks.md ("GPU" section), for a CUDA machine with torch, timm
-# and nvidia-ml-py installed (and the project's own dependencies, Ray among them, for
-# bench/gpu_search.py). Logs go to ${OUT:-runs/gpu}.
+# The GPU checks and measurements of docs/benchmarks.md, for a CUDA machine with torch, timm,
+# pytest and nvidia-ml-py installed (and the project's own dependencies, Ray among them, for
+# bench.gpu_search). Benches run as modules of this checkout; logs go to ${OUT:-runs/gpu}.
 #   bash bench/gpu_session.sh            # both parts
-#   bash bench/gpu_session.sh 1          # part 1: checks, trials per GPU, short vs-timm runs
+#   bash bench/gpu_session.sh 1          # part 1: GPU tests, trials per GPU, short vs-timm runs
 #   bash bench/gpu_session.sh 2          # part 2: longer vs-timm runs, formats, A/A, units
-#   bash bench/gpu_session.sh ray        # search vs standalone over 3 alternating rounds, and
-#                                        # one trial in five hosts (process ... Tune); needs Ray
+#   bash bench/gpu_session.sh ray        # search vs standalone over 3 alternating rounds; Ray
 set -o pipefail
 export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
 out=${OUT:-runs/gpu}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 part=${1:-all}
-timm_bench() { $py bench/bench_vs_timm.py --device cuda --amp --batch-size 64 --image-size 224 "$@"; }
+timm_bench() { $py -m bench.bench_vs_timm --device cuda --amp --batch-size 64 --image-size 224 "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$out/gpu.txt"
 $py -c "import torch, timm, platform; print('torch', torch.__version__, 'timm', timm.__version__, 'python', platform.python_version(), 'cpus', __import__('os').cpu_count())" | tee -a "$out/gpu.txt"
-if [ "$part" = ray ]; then  # issue 6, item 3 on the GPU: medians over alternating rounds
-  $py bench/trial_hosts.py --device cuda --specs resnest:5 --rounds 2 \
-    --output "$out/trial_hosts.json" 2>&1 | tee "$out/trial_hosts.txt"
+if [ "$part" = ray ]; then  # search trials against standalone: medians over alternating rounds
   trap 'cp "${SCRATCH:-$out}/gpu-search/gpu_search.json" "$out/gpu_search_rounds.json"' EXIT
-  $py bench/gpu_search.py --concurrency 1 4 --trials 4 --epochs 6 --rounds 3 \
+  $py -m bench.gpu_search --concurrency 1 4 --trials 4 --epochs 6 --rounds 3 \
     --out "${SCRATCH:-$out}/gpu-search" 2>&1 | tee "$out/gpu_search_rounds.txt"
   exit 0
 fi
 if [ "$part" != 2 ]; then
-  $py bench/gpu_checks.py 2>&1 | tee "$out/gpu_checks.txt"
-  $py bench/gpu_trials.py --device cuda --epochs 10 --formats 3 --output "$out/gpu_trials.json" 2>&1 | tee "$out/gpu_trials.txt"
+  $py -m pytest -m gpu tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt"
+  $py -m bench.gpu_trials --device cuda --epochs 10 --formats 3 --output "$out/gpu_trials.json" 2>&1 | tee "$out/gpu_trials.txt"
   if $py -c "import ray.tune" 2>/dev/null; then  # real searches through Ray Tune, 1/2/4 per GPU
-    $py bench/gpu_search.py --rounds 2 --out "$out/gpu-search" 2>&1 | tee "$out/gpu_search.txt"
+    $py -m bench.gpu_search --rounds 2 --out "$out/gpu-search" 2>&1 | tee "$out/gpu_search.txt"
   else
-    echo "Ray is not installed here: skipping bench/gpu_search.py" | tee "$out/gpu_search.txt"
+    echo "Ray is not installed here: skipping bench.gpu_search" | tee "$out/gpu_search.txt"
   fi
   for fmt in "" "--channels-last"; do
     timm_bench $fmt --rounds 10 --steps-per-round 5 --warmup 3 2>&1 | tee -a "$out/vs_timm.txt"

@@ -1,7 +1,8 @@
 """Trials sharing one GPU: per-trial training images/s and GPU utilisation at 1, 2, 4 trials.
 
-A search with `--gpus-per-trial 1/k` has Ray start k trial processes on one GPU; Ray only sets
-`CUDA_VISIBLE_DEVICES`, each process then runs `trials.trial.Trial` like any other. This script
+How many small candidates should share a GPU? A search with `--gpus-per-trial 1/k` has Ray
+start k trial processes on one GPU; Ray only sets `CUDA_VISIBLE_DEVICES`, each process then runs
+`trials.trial.Trial` like any other. This script
 does exactly that without Ray (so it runs where Ray is not installed): a pool of persistent
 worker processes, each with its own CUDA context and `--threads` torch threads; for each
 candidate and each k, k workers build the same trial (different training seeds), report ready,
@@ -13,8 +14,10 @@ trials train, and the mean is reported (n/a without NVML).
 `--formats` adds the memory-format comparison: the same candidates at k = 1, channels_last
 against NCHW (both bf16 autocast), alternating the order each repeat.
 
-    python bench/gpu_trials.py --device cuda
-    python bench/gpu_trials.py --device cpu --candidates resnest:5 --concurrency 1 2 --epochs 2
+    python -m bench.gpu_trials --device cuda --epochs 10 --formats 3
+    python -m bench.gpu_trials --device cpu --candidates resnest:5 --concurrency 1 2 --epochs 2
+
+NVML readings need `nvidia-ml-py` (the `pynvml` module); without it utilisation reads n/a.
 """
 
 from __future__ import annotations
@@ -32,14 +35,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+
+from search_spaces.errors import UserError
+from trials.trial import Trial
+from trials.trial_config import build_trial_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--candidates", nargs="+", default=["resnest:5", "resnest:4", "resnest:0"],
-                   help="specs (named point or SPACE:SEED); the defaults are 4, 16, 53 MMACs at 16 px")
+                   help="specs (named point or SPACE:SEED); the defaults are 4, 16, 53 MMACs "
+                        "at 16 px")
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4])
     p.add_argument("--epochs", type=int, default=8, help="per trial; epoch 1 is not counted")
     p.add_argument("--batch-size", type=int, default=64)
@@ -53,13 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def worker(index: int, tasks: Any, results: Any, go: Any, threads: int) -> None:
     """One trial process: build the trial, report ready, wait for the start, train, report."""
-    import torch
-
-    from trials.trial import Trial
-
     torch.set_num_threads(threads)
     while (task := tasks.get()) is not None:
-        trial = Trial(task["config"], threads=threads)
+        trial = Trial(build_trial_config(task["config"]), threads=threads)
         if trial.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trial.device)
         results.put(("ready", index))
@@ -81,7 +85,7 @@ class Utilisation:
     a thread between start() and stop()."""
 
     def __init__(self) -> None:
-        try:
+        try:  # lazy: NVML is optional, and only GPU runs can use it
             import pynvml
 
             pynvml.nvmlInit()
@@ -134,7 +138,8 @@ class Pool:
         for proc in self.procs:
             proc.start()
 
-    def run(self, configs: list[dict[str, Any]], gpu: Utilisation) -> tuple[list[dict], float | None]:
+    def run(self, configs: list[dict[str, Any]],
+            gpu: Utilisation) -> tuple[list[dict], float | None]:
         """Train the configs together (one per worker); their results and mean utilisation."""
         for i, config in enumerate(configs):
             self.tasks[i].put({"config": config})
@@ -184,18 +189,11 @@ def trial_config(args: argparse.Namespace, spec: str, seed: int, channels_last: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
-    from search_spaces.errors import UserError
-    from trials.training import TrainConfig
-    from trials.trial import check_config, resolve_arch
-
     try:  # bad input: one line here, not a traceback from inside a trial process
         if min(args.concurrency) < 1 or args.formats < 0:
             raise UserError("--concurrency values must be >= 1 and --formats >= 0")
         for spec in args.candidates:
-            resolve_arch(spec)
-            TrainConfig.from_dict(check_config(trial_config(args, spec, 0, False)))
+            build_trial_config(trial_config(args, spec, 0, False))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -205,20 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor()
     print(f"- {datetime.date.today().isoformat()}, {name}, torch {torch.__version__}, python "
-          f"{platform.python_version()}, {args.threads} threads per trial, batch {args.batch_size}, "
-          f"{args.image_size} px digits, {args.epochs} epochs, bf16 autocast {args.device == 'cuda'}",
-          flush=True)
+          f"{platform.python_version()}, {args.threads} threads per trial, batch "
+          f"{args.batch_size}, {args.image_size} px digits, {args.epochs} epochs, bf16 autocast "
+          f"{args.device == 'cuda'}", flush=True)
     gpu = Utilisation()
     pool = Pool(max(args.concurrency), args.threads)
     raw: dict[str, Any] = {"concurrency": [], "formats": []}
     try:
-        print("\n| candidate | MMACs | trials per GPU | images/s per trial (median) | aggregate images/s "
-              f"| vs {args.concurrency[0]} trial(s) | GPU utilisation | peak MiB per trial |\n|---|---|---|---|---|---|---|---|",
-              flush=True)
+        print("\n| candidate | MMACs | trials per GPU | images/s per trial (median) "
+              f"| aggregate images/s | vs {args.concurrency[0]} trial(s) | GPU utilisation "
+              "| peak MiB per trial |\n" + "|---" * 8 + "|", flush=True)
         for spec in args.candidates:
             base = None
             for k in args.concurrency:
-                configs = [trial_config(args, spec, seed, args.device == "cuda") for seed in range(k)]
+                configs = [trial_config(args, spec, seed, args.device == "cuda")
+                           for seed in range(k)]
                 results, util = pool.run(configs, gpu)
                 per_trial = [steady(r["images_per_s"]) for r in results]
                 total = sum(per_trial)
@@ -229,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'n/a' if util is None else f'{util:.0f}%'} | "
                       f"{max(r['peak_bytes'] for r in results) / 2**20:.0f} |", flush=True)
         if args.formats:
-            print("\n| candidate | channels_last images/s | NCHW images/s | ratio channels_last/NCHW "
-                  "| per-repeat ratios |\n|---|---|---|---|---|", flush=True)
+            print("\n| candidate | channels_last images/s | NCHW images/s "
+                  "| ratio channels_last/NCHW | per-repeat ratios |\n|---|---|---|---|---|",
+                  flush=True)
         for spec in args.candidates if args.formats else []:
             rates: dict[bool, list[float]] = {True: [], False: []}
             for repeat in range(args.formats):
@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                     results, _ = pool.run([trial_config(args, spec, 0, fmt)], gpu)
                     rates[fmt].append(steady(results[0]["images_per_s"]))
             ratios = [a / b for a, b in zip(rates[True], rates[False], strict=True)]
-            raw["formats"].append({"spec": spec, "channels_last": rates[True], "nchw": rates[False]})
+            raw["formats"].append({"spec": spec, "channels_last": rates[True],
+                                   "nchw": rates[False]})
             print(f"| {spec} | {statistics.median(rates[True]):,.0f} | "
                   f"{statistics.median(rates[False]):,.0f} | "
                   f"{statistics.median(rates[True]) / statistics.median(rates[False]):.2f} | "

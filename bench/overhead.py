@@ -1,33 +1,40 @@
 """Framework overhead at scale: seconds per trial that are not training, and sampler ask/tell time.
 
-(i) `search`: the real search path (`nas.search` config and study on SQLite, SearchController
+The search's own cost per trial must stay small against training (issue 6 asks <= 100 ms at 10,
+100 and 1,000 trials, without super-linear growth), so this measures it on the real path with a
+trainable that hardly trains.
+
+(i) `search`: the real search path (the `nas.search` config and study, SearchController
     with real static costs, `trials.ray_runner.run_search` on Ray Tune, one trial at a time,
     2 epochs so the pareto pruner acts at its rung) with a trainable that does one tiny step
     per epoch, writes its checkpoint to the trial directory and reports, like the real one in
-    a search (`--trainable real`: the real
-    `run_trial` on 2% of digits at 8 px). Per trial: framework seconds = (search wall seconds -
-    in-trial compute) / trials, in-trial compute being the trainable's own time outside
-    `tune.report`. The controller's share (Optuna ask/tell, static costs, pruner, trials.csv,
-    progress lines) is timed separately; the rest is Ray Tune.
+    a search (`--trainable real`: the real `run_trial` on 2% of digits at 8 px). Per trial:
+    framework seconds = (search wall seconds - in-trial compute) / trials, in-trial compute
+    being the trainable's own time outside `tune.report`. The controller's share (Optuna
+    ask/tell, static costs, pruner, trials.csv, progress lines) is timed separately; the rest
+    is Ray Tune.
 (ii) `sampler`: Optuna ask (+ our space's `suggest`) and tell times against study size for
     `make_sampler("tpe")` and `make_sampler("nsga2")` with two objectives (accuracy, MACs), on
-    in-memory storage, SQLite as Optuna opens it, SQLite via `nas.experiment.open_storage` (what
-    the search uses) and Optuna's journal file (for comparison).
+    in-memory storage and on the two storages `nas.experiment.open_storage` gives the search:
+    Optuna's journal file (the default) and SQLite (`--storage sqlite:///...`).
 (iii) `controller`: the controller alone (no Ray) over --trials' largest count for TPE and
     NSGA-II: thread CPU ms per trial of each step (ask, suggest, costs, tell, pruner, csv, front)
     in windows of trials, so growth shows independently of machine load.
 
-    python bench/overhead.py                                   # both parts, 10/100/1000 trials
-    python bench/overhead.py --part sampler --sizes 10 100 1000 --repeats 20
-    python bench/overhead.py --part search --trials 10 100
+    python -m bench.overhead                                   # all parts, 10/100/1000 trials
+    python -m bench.overhead --part search --trials 10 100 1000 --sampler nsga2
+    python -m bench.overhead --part sampler --sizes 10 100 1000 --repeats 5
+    python -m bench.overhead --part controller --trials 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import json
 import os
+import pstats
 import random
 import shutil
 import statistics
@@ -37,7 +44,21 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import optuna
+import torch
+from ray import tune
+
+from nas.experiment import ExperimentDir, open_storage, prepare_directory
+from nas.search import cli as search
+from nas.search import controller as search_controller
+from nas.search.objectives import parse_objectives
+from nas.search.strategy import make_sampler
+from search_spaces import get_space
+from trials import ray_runner
+from trials.data import load_data
+from trials.ray_runner import run_trial
+from trials.trial_config import TrialConfig
 
 TINY_FRACTION = 0.02
 
@@ -52,9 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", nargs="+", type=int, default=[10, 100, 1000],
                    help="study sizes for the sampler part")
     p.add_argument("--storages", nargs="+",
-                   default=["memory", "sqlite", "sqlite-wal", "journal", "mirror"],
-                   choices=("memory", "sqlite", "sqlite-wal", "journal", "mirror"),
-                   help="mirror: in memory, persisted to SQLite as the search does")
+                   default=["memory", "journal", "sqlite"], choices=("memory", "journal", "sqlite"),
+                   help="journal: the search's default storage; sqlite: --storage sqlite:///...")
     p.add_argument("--profile", type=Path, default=None,
                    help="search part: write the driver's cProfile stats here (top 40 printed)")
     p.add_argument("--repeats", type=int, default=20, help="ask/tell pairs timed per size")
@@ -76,8 +96,6 @@ class _Clock:
         self.start, self.in_report = time.perf_counter(), 0.0
 
     def report(self, metrics: dict[str, Any], checkpoint: Any = None) -> None:
-        from ray import tune
-
         compute = time.perf_counter() - self.start - self.in_report
         with open(self.log, "a") as handle:
             handle.write(json.dumps({"trial": self.key, "compute_s": compute}) + "\n")
@@ -90,21 +108,20 @@ def tiny_trainable(config: dict[str, Any]) -> None:
     """One tiny SGD step per epoch (a 4->2 linear layer on 2 samples) and, like the real
     trainable in a search, a checkpoint written to the trial's directory and a report every
     epoch. Accuracy is made up (stable per trial), so the pruner still prunes."""
-    import torch
-
     clock = _Clock(config)
+    epochs = TrialConfig.from_dict(config).epochs
     trial_dir = Path(config["trial_dir"])
     trial_dir.mkdir(parents=True, exist_ok=True)
     final = 0.3 + 0.7 * (zlib.crc32(config["trial_dir"].encode()) % 1000) / 1000
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for epoch in range(1, config["epochs"] + 1):
+    for epoch in range(1, epochs + 1):
         loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 1]))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        metrics = {"epoch": epoch, "train_loss": float(loss), "val_top1": final * epoch /
-                   config["epochs"], "epoch_seconds": 0.0, "images_per_s": 0.0, "lr": 0.1}
+        metrics = {"epoch": epoch, "train_loss": float(loss), "val_top1": final * epoch / epochs,
+                   "epoch_seconds": 0.0, "images_per_s": 0.0, "lr": 0.1}
         torch.save(model.state_dict(), trial_dir / "checkpoint.tmp")
         os.replace(trial_dir / "checkpoint.tmp", trial_dir / "checkpoint.pt")
         clock.report(metrics)
@@ -113,10 +130,6 @@ def tiny_trainable(config: dict[str, Any]) -> None:
 def real_trainable(config: dict[str, Any]) -> None:
     """The real trial body (`run_trial`: Trial set-up, training, checkpoint, report per epoch)
     on 2% of the train split: one step per epoch plus the validation pass."""
-    from ray import tune
-
-    from trials.ray_runner import run_trial
-
     clock = _Clock(config)
     run_trial({**config, "train_fraction": TINY_FRACTION}, report=clock.report,
               get_checkpoint=tune.get_checkpoint)
@@ -156,12 +169,6 @@ METHODS = ("next_trial", "on_result", "on_complete")
 
 def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One search of `n` trials through the real driver path; framework seconds per trial."""
-    from nas.search import cli as search
-    from nas.search.objectives import parse_objectives
-    from search_spaces import get_space
-    from trials import ray_runner
-    from trials.data import load_data
-
     out = args.out / "search"
     name = f"n{n}" if args.sampler == "tpe" else f"n{n}-{args.sampler}"
     shutil.rmtree(out / name, ignore_errors=True)
@@ -170,7 +177,7 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "--image-size", "8", "--time-budget", "10h", "--concurrency", "1",
         "--seed", str(args.seed), "--sampler", args.sampler])
     config, runtime = search.config_from_args(cli)
-    exp = search.prepare_directory(out, config.name, False)
+    exp = prepare_directory(out, config.name, False)
     data = load_data(config.data, config.image_size, include_test=False)
     config = dataclasses.replace(config, image_size=data.image_size, num_classes=data.num_classes,
                                  in_channels=data.in_channels)
@@ -178,7 +185,7 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     costs = search.cost_function(config)
     ray_runner.connect(None)
     exp.mkdir(parents=True)
-    (exp / "experiment.json").write_text(config.to_json())
+    ExperimentDir(exp).config.write_text(config.to_json())
     study = search.open_study(config, exp, objectives, resume=False)
     ctrl = search.make_controller(config, exp, study, space, objectives, costs, False)
     ctrl.log = lambda line: None  # lines are still formatted (their cost counts), not printed
@@ -202,18 +209,13 @@ def search_overhead(n: int, args: argparse.Namespace) -> dict[str, Any]:
     marks.append((start, time.process_time(), 0.0, 0.0))
     profiler = None
     if args.profile is not None:
-        import cProfile
-
         profiler = cProfile.Profile()
         profiler.enable()
     ray_runner.run_search(ctrl, storage_path=exp, cpus_per_trial=1, gpus_per_trial=0,
-                              concurrency=1, max_failures=0, time_budget_s=36000,
-                              trainable=TRAINABLES[args.trainable])
-    ctrl.flush()
+                          concurrency=1, max_failures=0, time_budget_s=36000,
+                          trainable=TRAINABLES[args.trainable])
     wall = time.perf_counter() - start
     if profiler is not None:
-        import pstats
-
         profiler.disable()
         profiler.dump_stats(args.profile)
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(40)
@@ -249,13 +251,8 @@ def _windows(marks: list[tuple[float, ...]]) -> dict[str, dict[str, float]]:
 
 
 def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The controller alone (no Ray; study on SQLite as the search opens it, real static costs,
+    """The controller alone (no Ray; the study as the search opens it, real static costs,
     made-up 2-epoch results): thread CPU seconds per trial of each step, in windows of trials."""
-    import nas.search.controller
-    from nas.search import cli as search
-    from nas.search.objectives import parse_objectives
-    from search_spaces import get_space
-
     out = args.out / "controller"
     shutil.rmtree(out / f"{sampler}{n}", ignore_errors=True)
     cli = search.build_parser().parse_args([
@@ -264,7 +261,7 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
         "--seed", str(args.seed)])
     config, _ = search.config_from_args(cli)
     config = dataclasses.replace(config, image_size=8)
-    exp = search.prepare_directory(out, config.name, False)
+    exp = prepare_directory(out, config.name, False)
     exp.mkdir(parents=True)
     objectives = parse_objectives(list(config.objectives))
     study = search.open_study(config, exp, objectives, resume=False)
@@ -287,11 +284,9 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
     ctrl.cost_fn = timed("static costs", ctrl.cost_fn)
     ctrl.study.tell = timed("optuna tell", ctrl.study.tell)
     ctrl.study.pruner.prune = timed("pruner", ctrl.study.pruner.prune)
-    if ctrl.mirror is not None:  # the search's writes to SQLite (one per start, a few per end)
-        ctrl.mirror.persist = timed("persist to SQLite", ctrl.mirror.persist)
     ctrl.front = timed("front", ctrl.front)
-    csv_writer = nas.search.controller.write_trials_csv
-    nas.search.controller.write_trials_csv = timed("trials.csv", csv_writer)
+    csv_writer = search_controller.write_trials_csv
+    search_controller.write_trials_csv = timed("trials.csv", csv_writer)
     rng = random.Random(args.seed)
     marks = [(0, time.thread_time(), dict(cpu))]
     try:
@@ -308,7 +303,7 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
             if i in (10, 100, 500, 1000, n):
                 marks.append((i, time.thread_time(), dict(cpu)))
     finally:
-        nas.search.controller.write_trials_csv = csv_writer
+        search_controller.write_trials_csv = csv_writer
     windows = {}
     for (i0, t0, c0), (i1, t1, c1) in zip(marks, marks[1:], strict=False):
         if i1 > i0:
@@ -323,59 +318,32 @@ def controller_growth(n: int, sampler: str, args: argparse.Namespace) -> dict[st
 
 def sampler_times(name: str, size: int, storage: str, args: argparse.Namespace) -> dict[str, Any]:
     """Median ask (+ space.suggest) and tell ms with `size` finished trials already in the study."""
-    import numpy as np
-    import optuna
-
-    from nas.experiment import open_storage
-    from nas.search.strategy import make_sampler
-    from search_spaces import get_space
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = get_space("resnest")
     rng = np.random.default_rng(args.seed)
     url: Any = None
-    if storage.startswith("sqlite") or storage == "mirror":
-        db = args.out / "sampler" / f"{name}-{size}.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
-        for leftover in db.parent.glob(f"{db.name}*"):
-            leftover.unlink()
-        url = f"sqlite:///{db.resolve()}"
-        url = open_storage(url) if storage in ("sqlite-wal", "mirror") else url
-    elif storage == "journal":  # Optuna's append-only log file, for comparison
-        log = args.out / "sampler" / f"{name}-{size}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.unlink(missing_ok=True)
-        url = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(log)))
+    if storage != "memory":  # a fresh experiment directory, opened as the search opens it
+        exp = args.out / "sampler" / f"{storage}-{name}-{size}"
+        shutil.rmtree(exp, ignore_errors=True)
+        exp.mkdir(parents=True)
+        database = f"sqlite:///{(exp / 'study.sqlite').resolve()}" if storage == "sqlite" else ""
+        url = open_storage(exp, database, create=True)
     filled = optuna.create_study(directions=["maximize", "minimize"],
                                  sampler=optuna.samplers.RandomSampler(seed=args.seed))
-
-    mirror: Any = None
-
-    def persist(trial: optuna.Trial) -> None:
-        if mirror is not None:
-            mirror.persist(trial._trial_id)
 
     def one(study: optuna.Study) -> tuple[float, float]:
         start = time.perf_counter()
         trial = study.ask()
         space.suggest(trial)
-        persist(trial)
         asked = time.perf_counter()
         study.tell(trial, [float(rng.uniform(0.1, 1.0)), float(10 ** rng.uniform(5.7, 7.8))])
-        persist(trial)
         return asked - start, time.perf_counter() - asked
 
-    for _ in range(size):  # random trials, copied (one commit each) into the storage under test
+    for _ in range(size):  # random trials, copied into the storage under test
         one(filled)
     study = optuna.create_study(directions=["maximize", "minimize"], storage=url)
     study.add_trials(filled.trials)
     study.sampler = make_sampler(name, seed=args.seed, n_trials=size)
-    if storage == "mirror":
-        from nas.search.study_mirror import StudyMirror
-
-        mirror = StudyMirror(study)
-        study = mirror.study
     timings = [one(study) for _ in range(args.repeats)]
     return {"sampler": name, "storage": storage, "size": size,
             "ask_ms": 1e3 * statistics.median(t[0] for t in timings),

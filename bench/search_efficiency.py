@@ -1,28 +1,31 @@
-"""Search efficiency at equal compute: hypervolume of (accuracy, MACs) against training epochs spent.
+"""Search efficiency at equal compute: hypervolume of (accuracy, MACs) against epochs spent.
 
-Strategies (same space, task, training settings and epoch budget; >= 3 seeds each):
+Does the default strategy find better (accuracy, MACs) fronts than the obvious alternatives for
+the same training compute? Strategies (same space, task, training settings and epoch budget):
     default   TPE (multi-objective) + `pareto` pruner (MO-ASHA), cheapest corner first
     random    random sampler, no pruning (pure random search: no anchor)
     tpe_sha   TPE + `sha` (with two objectives: accuracy-only ASHA on the same rungs), cheapest
               corner first like the default (`--no-anchor` turns it off for both)
 
-Each run drives the real `nas.search.controller.SearchController` (Optuna study, pruner, trials.csv) and
-trains every proposal for real with `trials.trial.Trial`, serially in one process with one torch
-thread: a strategy comparison needs no Ray, and counting epochs (not seconds) makes the budget
-independent of machine load. Runs go to a process pool (`--jobs`, default 2 = the cores here).
+Each run drives the real `nas.search.controller.SearchController` (Optuna study, pruner,
+trials.csv) and trains every proposal for real with `trials.trial.Trial`, serially in one
+process with one torch thread: a strategy comparison needs no Ray, and counting epochs (not
+seconds) makes the budget independent of machine load. Runs go to a process pool (`--jobs`).
 
 Hypervolume: objectives (val top-1 in [0, 1], log10 MACs), reference point (accuracy 0, log10 of
 the largest MACs in the space at the training size), normalised by the box up to (accuracy 1,
 log10 of the smallest MACs in the space), so 1.0 is a perfect model at the cheapest architecture.
+`bench.efficiency_report` turns the runs into the table and the plot.
 
-    python bench/search_efficiency.py                       # full benchmark (~25 min, 2 cores)
-    python bench/search_efficiency.py --seeds 0 --budget 20 --out runs/bench-eff-smoke
-    python bench/search_efficiency.py --report-only --out runs/bench-efficiency
+    python -m bench.search_efficiency --jobs 2 --seeds 0 1 2 3 4 --out runs/bench-efficiency
+    python -m bench.search_efficiency --seeds 0 --budget 20 --out runs/bench-eff-smoke
+    python -m bench.search_efficiency --report-only --out runs/bench-efficiency
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -30,7 +33,23 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import optuna
+import torch
+
+from bench.efficiency_report import report, run_key
+from nas.experiment import ExperimentConfig
+from nas.models.costs import static_costs
+from nas.search.anchor import cheapest_corner, corner_specs
+from nas.search.cli import cost_function
+from nas.search.controller import SearchController
+from nas.search.objectives import parse_objectives
+from nas.search.pareto import hypervolume
+from nas.search.strategy import make_pruner, make_sampler
+from search_spaces import UserError, get_space
+from search_spaces.resnest_space import AnswerTrial
+from trials.trial import Trial
+from trials.trial_config import build_trial_config
 
 STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (sampler, pruner)
     "default": ("tpe", "pareto"),
@@ -62,18 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     """One search run; writes OUT/STRATEGY-sSEED.json and returns its path."""
-    import optuna
-    import torch
-    from efficiency_report import run_key
-
-    from nas.experiment import ExperimentConfig
-    from nas.search.cli import cheapest_corner, cost_function
-    from nas.search.controller import SearchController
-    from nas.search.objectives import parse_objectives
-    from nas.search.strategy import make_pruner, make_sampler
-    from search_spaces import get_space
-    from trials.trial import Trial
-
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = STRATEGIES[strategy]
@@ -111,7 +118,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     while spent < args.budget and (proposal := ctrl.next_trial()) is not None:
         trial_id, trial_cfg = proposal
         try:
-            trial = Trial(trial_cfg, threads=1)
+            trial = Trial(build_trial_config(trial_cfg), threads=1)
         except Exception as err:  # e.g. a spec the builder refuses: FAIL, no epochs spent
             ctrl.on_complete(trial_id, None, error=f"{type(err).__name__}: {err}")
             continue
@@ -150,14 +157,6 @@ def _summary(r: Any) -> dict[str, Any]:
 def macs_range(image_size: int) -> tuple[float, float]:
     """(smallest, largest) MACs of the small resnest space at `image_size`: the cheapest corners
     (`nas.search.corner_specs`) and every valid all-largest corner."""
-    import itertools
-
-    from nas.experiment import ExperimentConfig
-    from nas.models.costs import static_costs
-    from nas.search import corner_specs
-    from search_spaces import UserError, get_space
-    from search_spaces.resnest_space import AnswerTrial
-
     space = get_space("resnest")
     p = space.preset
     config = ExperimentConfig(name="x", space="resnest", preset="small", data="digits",
@@ -186,10 +185,6 @@ def macs_range(image_size: int) -> tuple[float, float]:
 
 def front_hypervolume(front: list[Any], low: float, high: float) -> float:
     """Normalised hypervolume of (accuracy, log10 MACs); see the module docstring."""
-    import numpy as np
-
-    from nas.search.pareto import hypervolume
-
     if not front:
         return 0.0
     values = np.array([[r.accuracy, np.log10(r.costs["macs"])] for r in front], dtype=float)
@@ -205,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for future in [pool.submit(run_one, s, seed, args) for s, seed in jobs]:
                 future.result()
-    from efficiency_report import report
-
     # --report-only reports every run in --out (ablations without the anchor included).
     print(report(args.out, args.plot, None if args.report_only else args.strategies))
     return 0

@@ -1,17 +1,19 @@
 """Training images/s inside a real search vs the same spec trained standalone.
 
-A real `python -m nas.search` run (Ray Tune, one trial at a time, `--cpus-per-trial 1` so each
-trial gets one torch thread, no pruning) reports `images_per_s` per epoch (training loop only,
-`trials.training`); each trial's spec is then trained with `python -m trials.train` at the same
-image size, batch size, epochs, seed and `--threads 1`. Rounds alternate search and standalone
-(ABAB; every search replays the same seeded proposals) so drifting machine load hits both sides.
-Ray starts its workers at nice 15; `nas.search` starts them at nice 0 (the standalone run's
-priority) unless RAY_worker_niceness is set, which `--worker-niceness` does here.
-Per trial: median images/s over epochs >= 2 and rounds, search / standalone (the first epoch of a
-new network includes one-off kernel set-up); overall: the geometric mean over trials.
+Does a trial train as fast inside a search as the same network trained on its own (the target
+is >= 90%)? A real `python -m nas.search` run (Ray Tune, one trial at a time,
+`--cpus-per-trial 1` so each trial gets one torch thread, no pruning) reports `images_per_s` per
+epoch (training loop only, `trials.training`); each trial's spec is then trained with
+`python -m trials.train` at the same image size, batch size, epochs, seed and `--threads 1`.
+Rounds alternate search and standalone (ABAB; every search replays the same seeded proposals)
+so drifting machine load hits both sides. Ray starts its workers at nice 15; `nas.search`
+starts them at nice 0 (the standalone run's priority) unless RAY_worker_niceness is set, which
+`--worker-niceness` does here. Per trial: median images/s over epochs >= 2 and rounds, search /
+standalone (the first epoch of a new network includes one-off kernel set-up); overall: the
+geometric mean over trials.
 
-    python bench/search_throughput.py
-    python bench/search_throughput.py --trials 4 --epochs 3 --rounds 2 --image-size 8
+    python -m bench.search_throughput --trials 4 --epochs 3 --rounds 2
+    python -m bench.search_throughput --trials 2 --epochs 8 --rounds 2   # steadiness over epochs
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from search_spaces import ArchSpec  # noqa: E402
+from search_spaces import ArchSpec
+from trials.run_dir import RunDir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,9 +68,10 @@ def read_trials(experiment: Path) -> dict[str, dict[str, Any]]:
     seeded proposal in another search) and images/s per epoch, from the trial directories."""
     out = {}
     for trial in sorted((experiment / "trials").iterdir()):
-        curve = [json.loads(x) for x in (trial / "metrics.jsonl").read_text().splitlines()]
-        spec = json.loads((trial / "spec.json").read_text())
-        out[trial.name] = {"spec": trial / "spec.json", "hash": json.dumps(spec, sort_keys=True),
+        run = RunDir(trial)
+        curve = [json.loads(x) for x in run.metrics.read_text().splitlines()]
+        spec = json.loads(run.spec.read_text())
+        out[trial.name] = {"spec": run.spec, "hash": json.dumps(spec, sort_keys=True),
                            "images_per_s": [e["images_per_s"] for e in curve]}
     return out
 
@@ -81,7 +83,8 @@ def standalone(args: argparse.Namespace, trial_id: str, spec: Path) -> list[floa
           "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
           "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", "1",
           "--quiet", "--out", str(out)])
-    return [json.loads(x)["images_per_s"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = RunDir(out).metrics.read_text().splitlines()
+    return [json.loads(x)["images_per_s"] for x in lines]
 
 
 def main(argv: list[str] | None = None) -> int:

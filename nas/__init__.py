@@ -1,7 +1,7 @@
-"""Model builder and cost model for ResNeSt-family architecture specs.
+"""The builder and cost model at the package's top (`nas.build_model`, `nas.measure_costs`).
 
-Exports resolve lazily (PEP 562), so `import nas` or `import nas.search` does not pay for
-importing torch until a builder or cost function is used; nothing in nas/ imports timm.
+They resolve lazily (PEP 562): `nas.experiment` and `analysis`, which never touch torch, import
+`nas.*` modules without paying for importing torch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Datasets: digits, CIFAR-10/100 pickles and image folders in their real on-disk formats, the
-batched augmentation, and every malformed input (one clear DataError naming the path or value)."""
+batched augmentation, every malformed input (one clear DataError naming the path or value), and
+`describe`: the shape loading gives, and loading's errors for bad paths, without loading."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from data_fixtures import write_cifar10, write_cifar100, write_folder
 
 from search_spaces.errors import UserError
-from trials.data import DataError, augment, load_data, parse_data_spec, stratified_split
+from trials.data import DataError, augment, describe, load_data, parse_data_spec, stratified_split
 
 
 def _batches(bundle, split="train", seed=0, **kw):
@@ -48,7 +49,8 @@ def test_batches_are_normalized_shuffled_and_never_size_one() -> None:
     assert not torch.equal(train[0][1], _batches(data, seed=1)[0][1])
     # fewer images than the batch: one batch of all of them, still >= 2
     tiny = data.subset(0.001)
-    assert [len(y) for _, y in tiny.batches("train", 64, train=True, generator=torch.Generator())] == [len(tiny.train)]
+    sizes = [len(y) for _, y in tiny.batches("train", 64, train=True, generator=torch.Generator())]
+    assert sizes == [len(tiny.train)]
 
 
 def test_augmentation_shifts_digits_without_flipping_and_flips_cifar() -> None:
@@ -68,7 +70,8 @@ def test_cifar10_pickles(tmp_path: Path) -> None:
     with (root / "data_batch_2").open("rb") as f:
         raw = pickle.load(f, encoding="bytes")[b"data"][0]
     data = load_data(f"cifar10:{root}", val_fraction=0.2)
-    assert (data.num_classes, data.in_channels, data.image_size, data.augment) == (10, 3, 32, "crop_flip")
+    shape = (data.num_classes, data.in_channels, data.image_size, data.augment)
+    assert shape == (10, 3, 32, "crop_flip")
     assert (len(data.train), len(data.val), len(data.test)) == (80, 20, 20)
     assert data.classes[:2] == ("airplane", "automobile")
     all_images = torch.cat([data.train.images, data.val.images])
@@ -188,3 +191,65 @@ def test_folder_unreadable_image_is_named(tmp_path: Path, in_memory: bool) -> No
                 pass
         msg = str(err.value)
     assert f"cannot read image {bad}" in msg
+
+
+# --- describe: the shape without loading ----------------------------------------------------
+DATASETS = {
+    "digits": lambda root: "digits",
+    "cifar10": lambda root: f"cifar10:{write_cifar10(root / 'c10')}",
+    "cifar100": lambda root: f"cifar100:{write_cifar100(root / 'c100')}",
+    "folder": lambda root: f"folder:{write_folder(root / 'imgs')}",
+    "folder without val": lambda root: f"folder:{write_folder(root / 'f', per_class={'train': 4})}",
+}
+
+
+@pytest.mark.parametrize("size", [None, 12])
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_describe_gives_the_shape_loading_gives(tmp_path: Path, name: str, size, monkeypatch):
+    spec = DATASETS[name](tmp_path)
+    loaded = load_data(spec, size, include_test=False).shape
+    for target in ("trials.bundle.read_image", "trials.data._read_pickle",
+                   "sklearn.datasets.load_digits"):  # describe reads no image, pickle or array
+        monkeypatch.setattr(target, _no_reading)
+    assert describe(spec, size) == loaded
+
+
+def _no_reading(*args, **kwargs):
+    raise AssertionError("describe read a dataset file")
+
+
+def _bad_path(root: Path, case: str) -> str:
+    """A data string whose path is wrong in the way `case` names."""
+    if case == "missing":
+        return f"cifar10:{root / 'nope'}"
+    if case == "a file":
+        (root / "file").write_text("x")
+        return f"folder:{root / 'file'}"
+    if case == "cifar layout":
+        (root / "empty").mkdir()
+        return f"cifar100:{root / 'empty'}"
+    if case == "no train dir":
+        return f"folder:{root}"
+    if case == "no class dirs":
+        (root / "train").mkdir()
+        return f"folder:{root}"
+    if case == "one class":
+        return f"folder:{write_folder(root / 'one', classes=('cat',))}"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "cifar layout", "no train dir",
+                                  "no class dirs", "one class"])
+def test_describe_fails_like_loading_on_bad_paths(tmp_path: Path, case: str) -> None:
+    spec = _bad_path(tmp_path, case)
+    with pytest.raises(DataError) as described:
+        describe(spec)
+    assert str(described.value) == _error(spec, include_test=False)
+
+
+@pytest.mark.parametrize("spec, size", [("mnist", None), ("cifar10:", None), ("digits", 1),
+                                        ("digits:/x", None)])
+def test_describe_fails_like_loading_on_bad_strings(spec: str, size) -> None:
+    with pytest.raises(DataError) as described:
+        describe(spec, size)
+    assert str(described.value) == _error(spec, image_size=size)

@@ -1,8 +1,10 @@
 """The training loop and the framework-free trial: it learns, resumes bit for bit on CPU, fails
-cleanly on a non-finite loss, and adapts or refuses specs by the documented rule."""
+cleanly on a non-finite loss, and adapts or refuses specs by the documented rule; a TrialConfig
+round-trips through JSON exactly."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from data_fixtures import tiny_spec
 import nas
 from search_spaces import named_point
 from search_spaces.errors import UserError
-from trials.data import load_data
+from trials.data import describe, load_data
 from trials.training import (
     TrainConfig,
     Trainer,
@@ -23,12 +25,27 @@ from trials.training import (
     save_checkpoint,
     warmup_cosine,
 )
-from trials.trial import Trial, check_config, fit_spec, resolve_arch
+from trials.trial import Trial
+from trials.trial_config import (
+    TrialConfig,
+    build_trial_config,
+    check_config,
+    fit_spec,
+    resolve_arch,
+)
 
 # 8 px digits, a quarter of the training split: ~1 s per epoch on one core.
-CONFIG = {"spec": tiny_spec().to_dict(), "image_size": 8, "train_fraction": 0.25, "batch_size": 32,
-          "lr": 0.05, "epochs": 3, "seed": 0, "device": "cpu"}
+USER = {"spec": tiny_spec().to_dict(), "image_size": 8, "train_fraction": 0.25, "batch_size": 32,
+        "lr": 0.05, "epochs": 3, "seed": 0, "device": "cpu"}
 TIMING_KEYS = ("epoch_seconds", "images_per_s")
+
+
+def config(**overrides) -> TrialConfig:
+    """The trial config of USER with `overrides` (user-facing keys), decided once."""
+    return build_trial_config({**USER, **overrides})
+
+
+CONFIG = config()
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +64,8 @@ def _untimed(curve: list[dict]) -> list[dict]:
 def test_loop_learns_digits() -> None:
     data = load_data("digits", 8).subset(0.25)
     torch.manual_seed(0)
-    trainer = Trainer(nas.build_model(tiny_spec()), data, TrainConfig(epochs=3, batch_size=32, lr=0.05))
+    trainer = Trainer(nas.build_model(tiny_spec()), data,
+                      TrainConfig(epochs=3, batch_size=32, lr=0.05))
     records = [trainer.train_epoch() for _ in range(3)]
     assert [r["epoch"] for r in records] == [1, 2, 3] and trainer.epoch == 3
     assert records[-1]["val_top1"] >= 0.5  # chance is 0.1
@@ -61,8 +79,8 @@ def test_loop_learns_digits() -> None:
 def test_trial_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
     straight = Trial(CONFIG)
     full = list(straight.run())
-    assert [m["state"] for m in full] == ["RUNNING", "RUNNING", "COMPLETE"]
-    assert {"params", "macs"} <= set(full[0]) and full[0]["params"] == straight.costs["params"]
+    assert [m["epoch"] for m in full] == [1, 2, 3] and straight.done
+    assert straight.costs["params"] > 0 and straight.costs["macs"] > 0  # decided by the config
 
     first = Trial(CONFIG)
     runner = first.run()
@@ -80,7 +98,7 @@ def test_trial_resume_reproduces_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_checkpoint_layout_and_trial_dir(tmp_path: Path) -> None:
-    trial = Trial({**CONFIG, "epochs": 1, "trial_dir": str(tmp_path / "t0")})
+    trial = Trial(config(epochs=1, trial_dir=str(tmp_path / "t0")))
     list(trial.run())
     state = load_checkpoint(tmp_path / "t0")
     assert {"model", "optimizer", "scheduler", "rng", "epoch", "epochs", "curve", "spec", "config",
@@ -88,27 +106,28 @@ def test_checkpoint_layout_and_trial_dir(tmp_path: Path) -> None:
     assert state["epoch"] == 1 and state["data"]["image_size"] == 8 and state["data"]["mean"]
     assert (tmp_path / "t0" / "metrics.jsonl").read_text().count("\n") == 1
     assert (tmp_path / "t0" / "spec.json").exists()
+    assert TrialConfig.from_flat(state["config"], trial.spec, state["costs"]) == trial.config
     with pytest.raises(UserError, match="different settings: epochs=1"):
-        Trial({**CONFIG, "epochs": 2}, checkpoint=state)
+        Trial(config(epochs=2), checkpoint=state)
     with pytest.raises(UserError, match="another spec"):
-        Trial({**CONFIG, "spec": tiny_spec().replace(stem_width=16).to_dict(), "epochs": 1}, checkpoint=state)
+        other = tiny_spec().replace(stem_width=16).to_dict()
+        Trial(config(spec=other, epochs=1), checkpoint=state)
 
 
 def test_non_finite_loss_fails_the_trial_not_the_caller() -> None:
-    trial = Trial({**CONFIG, "lr": 1e6, "grad_clip": 0.0, "label_smoothing": 0.0, "epochs": 2})
+    trial = Trial(config(lr=1e6, grad_clip=0.0, label_smoothing=0.0, epochs=2))
     with pytest.raises(TrainingFailed) as err:
         list(trial.run())
     assert "non-finite training loss" in err.value.reason and err.value.epoch == 1
-    metrics = trial.failure_metrics(err.value)
-    assert metrics["state"] == "FAIL" and metrics["failed"] == err.value.reason
-    assert "val_top1" not in metrics and "epoch" not in metrics and "params" in metrics
+    assert trial.trainer.epoch == 0 and not trial.trainer.curve
 
 
 def test_no_weight_decay_on_norms_and_biases() -> None:
     model = nas.build_model(tiny_spec())
     decay, no_decay = param_groups(model, 5e-4)
     assert no_decay["weight_decay"] == 0 and all(p.ndim == 1 for p in no_decay["params"])
-    n_norm = sum(m.weight is not None for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    n_norm = sum(m.weight is not None for m in model.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d))
     assert len(no_decay["params"]) >= 2 * n_norm and all(p.ndim > 1 for p in decay["params"])
 
 
@@ -120,7 +139,7 @@ def test_warmup_cosine_schedule() -> None:
 
 
 def test_adamw_trains_and_checkpoint_round_trips(tmp_path: Path) -> None:
-    trial = Trial({**CONFIG, "optimizer": "adamw", "lr": 2e-3, "epochs": 1, "train_fraction": 0.1})
+    trial = Trial(config(optimizer="adamw", lr=2e-3, epochs=1, train_fraction=0.1))
     (record,) = trial.run()
     assert math.isfinite(record["train_loss"])
     path = save_checkpoint(trial.state_dict(), tmp_path / "c.pt")
@@ -129,11 +148,12 @@ def test_adamw_trains_and_checkpoint_round_trips(tmp_path: Path) -> None:
 
 # --- spec resolution and configuration errors ---------------------------------------------------
 def test_named_points_adapt_explicit_specs_must_match() -> None:
-    data = load_data("digits", 32, include_test=False)
+    data = describe("digits", 32)
     spec, explicit = resolve_arch("resnest14d")
     assert not explicit
     fitted = fit_spec(spec, data, adapt=not explicit)  # the rule Trial and the CLI apply
-    assert (fitted.num_classes, fitted.in_channels) == (10, 1) and named_point("resnest14d").num_classes == 1000
+    assert (fitted.num_classes, fitted.in_channels) == (10, 1)
+    assert named_point("resnest14d").num_classes == 1000
     explicit_spec, explicit = resolve_arch(tiny_spec(num_classes=5).to_dict())
     assert explicit
     with pytest.raises(UserError, match="num_classes=5 but data digits needs num_classes=10"):
@@ -145,7 +165,9 @@ def test_named_points_adapt_explicit_specs_must_match() -> None:
 
 def test_too_small_image_is_refused() -> None:
     with pytest.raises(UserError, match=r"image size 16 is too small .* need >= 32 px"):
-        fit_spec(named_point("resnest14d"), load_data("digits", 16, include_test=False), adapt=True)
+        fit_spec(named_point("resnest14d"), describe("digits", 16), adapt=True)
+    with pytest.raises(UserError, match=r"image size 16 is too small for spec resnest14d"):
+        build_trial_config({"spec": "resnest14d", "image_size": 16})
 
 
 def test_config_errors() -> None:
@@ -167,3 +189,40 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=str(bad)):
         load_checkpoint(tmp_path)
+
+
+# --- TrialConfig: decided once, JSON-able, exact round trip -----------------------------------
+ROUND_TRIP = {
+    "tiny spec": {"spec": tiny_spec().to_dict(), "image_size": 8},
+    "named point": {"spec": "resnest14d", "image_size": 32, "optimizer": "adamw", "epochs": 2},
+    "space sample": {"spec": "resnest:3", "image_size": 8, "train": {"lr": 0.3, "seed": 7},
+                     "trial_dir": "/tmp/t0003", "resume_from": "/tmp/t0001/checkpoint.pt",
+                     "train_fraction": 0.5, "in_memory": False, "workers": 2, "device": "cpu"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUND_TRIP))
+def test_trial_config_round_trips_through_json_exactly(case: str) -> None:
+    built = build_trial_config(ROUND_TRIP[case])
+    assert (built.spec.num_classes, built.spec.in_channels) == (10, 1)  # adapted to digits
+    assert set(built.costs) == {"params", "macs"} and built.costs["macs"] > 0
+    text = json.dumps(built.to_dict())
+    back = TrialConfig.from_dict(json.loads(text))
+    assert back == built and json.dumps(back.to_dict()) == text
+    assert TrialConfig.from_flat(built.flat(), built.spec, built.costs) == built
+    with_costs = TrialConfig(spec=built.spec, data="digits", image_size=8,
+                             costs={"params": 1.5, "macs": 2.0, "latency_ms": 0.25})
+    assert TrialConfig.from_dict(json.loads(json.dumps(with_costs.to_dict()))) == with_costs
+
+
+def test_trial_config_from_dict_refuses_what_it_does_not_know() -> None:
+    good = CONFIG.to_dict()
+    assert TrialConfig.from_dict({**good, "_case": "ok"}) == CONFIG  # a driver's bookkeeping
+    with pytest.raises(UserError, match="unknown TrialConfig key"):
+        TrialConfig.from_dict({**good, "epochs": 3})  # training settings live under "train"
+    with pytest.raises(UserError, match="needs image_size"):
+        TrialConfig.from_dict({k: v for k, v in good.items() if k != "image_size"})
+    with pytest.raises(UserError, match="'train' must be a dict"):
+        TrialConfig.from_dict({**good, "train": {"epoch": 3}})
+    legacy = {**CONFIG.flat(), "image_size": None, "adapt": True}  # an older checkpoint's config
+    assert TrialConfig.from_flat(legacy, CONFIG.spec, {}).image_size == 16  # digits' default

@@ -1,13 +1,15 @@
 """All Ray code of the project lives here, so a Ray API change touches one file.
 
-Section "trial": `ray_trainable(config)`, the function trainable every search trial runs. It wraps
-`trials.trial.Trial` (the same code as `python -m trials.train`), reports one result per epoch
-with a checkpoint (Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and honours the CPUs and
-GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick experiments).
+Section "trial": `ray_trainable(config)`, the function trainable every search trial runs. `config`
+is a `trials.trial_config.TrialConfig` as a dict, built once by the driver; the trainable runs
+`trials.trial.Trial` on it (the same code as `python -m trials.train`), reports per epoch only what
+the driver reads (`REPORTED_KEYS`; Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and
+honours the CPUs and GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick
+experiments).
 
 Section "search driver": `connect` (local Ray or a cluster address) and `run_search`, which runs a
-`nas.search.controller.SearchController` on a Tuner through a Searcher (proposals, completions) and a
-Scheduler (the pruner's verdict at every epoch report), with actor reuse to keep per-trial
+`nas.search.controller.SearchController` on a Tuner through a Searcher (proposals, completions)
+and a Scheduler (the pruner's verdict at every epoch report), with actor reuse to keep per-trial
 overhead small. Optuna is driven by the controller, not by Ray's `OptunaSearch`, which cannot
 prune multi-objective studies and tells Optuna COMPLETE for trials a scheduler stopped.
 """
@@ -18,7 +20,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,16 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search_spaces.errors import UserError
+from trials.run_dir import RunDir
 from trials.training import TrainingFailed, load_checkpoint
 from trials.trial import Trial
+from trials.trial_config import TrialConfig, build_trial_config
 
 # --- trial -------------------------------------------------------------------------------------
+# An epoch's result carries only what `nas.search.controller` reads (its CURVE_KEYS); a failed
+# trial's last result carries `failed` and `reason` instead. Ray adds its own keys (time_total_s).
+REPORTED_KEYS = ("epoch", "train_loss", "val_top1", "val_top5", "epoch_seconds", "images_per_s",
+                 "lr")
 
 
 def assigned_resources() -> tuple[int, str]:
@@ -44,11 +52,40 @@ def assigned_resources() -> tuple[int, str]:
 
 
 def ray_trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: `config` is a trial config (see `trials.trial.TRIAL_DEFAULTS`)."""
+    """Ray Tune function trainable: `config` is `TrialConfig.to_dict()` (plus "_" keys)."""
     run_trial(config, report=tune.report, get_checkpoint=tune.get_checkpoint)
 
 
-def run_trial(config: dict[str, Any], *, report: Callable[..., None],
+def epoch_report(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The result of one epoch: the keys of `REPORTED_KEYS` the epoch's record has."""
+    return {k: record[k] for k in REPORTED_KEYS if k in record}
+
+
+def failure_report(err: BaseException) -> dict[str, Any]:
+    """The last result of a failed trial: why, in `failed` and `reason` (no epoch or accuracy
+    keys, so schedulers never rank it)."""
+    if isinstance(err, TrainingFailed):
+        reason = err.reason
+    else:
+        reason = " ".join(str(err).split())
+        if isinstance(err, torch.OutOfMemoryError):
+            reason = f"out of memory: {reason}"
+    return {"failed": reason, "reason": reason}
+
+
+def _restored_state(config: TrialConfig, checkpoint: Any) -> dict[str, Any] | None:
+    """What a retry continues from: Ray's checkpoint, else the trial's own in its run directory
+    (a retry after the worker or its node was lost), else nothing."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(RunDir(Path(directory)).checkpoint)
+    own = config.run_dir
+    if own is not None and own.checkpoint.is_file():
+        return load_checkpoint(own.checkpoint)
+    return None
+
+
+def run_trial(config: Mapping[str, Any], *, report: Callable[..., None],
               get_checkpoint: Callable[[], Any]) -> None:
     """The trainable's body with Ray's session calls passed in (tests wrap `report`).
 
@@ -57,57 +94,54 @@ def run_trial(config: dict[str, Any], *, report: Callable[..., None],
     would duplicate it, and with `num_to_keep` Ray snapshots its whole experiment state at every
     checkpoint, a per-epoch cost that grows with the search (docs/benchmarks.md). Without one,
     results carry a Ray checkpoint and a retry continues from it. Otherwise the trial starts
-    from config["resume_from"] (or from scratch). A non-finite loss or a user error is reported
-    once as state FAIL with `failed`/`reason` and the trial returns normally: retrying a
-    deterministic failure is waste.
+    from the config's `resume_from` (or from scratch). A non-finite loss or a user error is
+    reported once as `failed`/`reason` and the trial returns normally: retrying a deterministic
+    failure is waste.
     """
     threads, device = assigned_resources()
     torch.set_num_threads(threads)
-    state = None
-    own = Path(config["trial_dir"]) / "checkpoint.pt" if config.get("trial_dir") else None
-    checkpoint = get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(Path(directory) / "checkpoint.pt")
-    elif own is not None and own.is_file():  # a retry after the worker (or its node) was lost
-        state = load_checkpoint(own)
     try:
-        trial = Trial(config, checkpoint=state, device=device, threads=threads)
+        trial_config = TrialConfig.from_dict(config)
+    except UserError as err:
+        report(failure_report(err))
+        return
+    state = _restored_state(trial_config, get_checkpoint())
+    try:
+        trial = Trial(trial_config, checkpoint=state, device=device, threads=threads)
     except (UserError, torch.OutOfMemoryError) as err:
-        reason = " ".join(str(err).split())
-        report({"state": "FAIL", "reason": reason, "failed": reason})
+        report(failure_report(err))
         return
     if trial.done:  # restored after its last epoch: repeat the final result so Tune sees one
-        report(trial.metrics(trial.trainer.curve[-1]))
+        report(epoch_report(trial.trainer.curve[-1]))
         return
     try:
-        for metrics in trial.run():
-            metrics.update(threads=threads, device=device)
-            if own is not None:
-                report(metrics)
+        for record in trial.run():
+            if trial_config.trial_dir:
+                report(epoch_report(record))
                 continue
             with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as directory:
                 trial.save(directory)
-                report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-    except TrainingFailed as err:
-        report(trial.failure_metrics(err))
-    except (UserError, torch.OutOfMemoryError) as err:  # e.g. an unreadable image met mid-epoch
-        reason = " ".join(str(err).split())
-        if isinstance(err, torch.OutOfMemoryError):
-            reason = f"out of memory: {reason}"
-        report({**trial.costs, "state": "FAIL", "reason": reason, "failed": reason})
+                report(epoch_report(record), checkpoint=tune.Checkpoint.from_directory(directory))
+    except (TrainingFailed, UserError, torch.OutOfMemoryError) as err:
+        report(failure_report(err))  # UserError here: e.g. an unreadable image met mid-epoch
 
 
-def run_tuner(param_space: dict[str, Any], *, storage_path: str | Path, name: str = "trials",
-              num_samples: int = 1, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-              max_concurrent: int = 0, max_failures: int = 0,
+def run_tuner(param_space: Mapping[str, Any], *, storage_path: str | Path,
+              name: str = "trials", num_samples: int = 1, cpus_per_trial: float = 1,
+              gpus_per_trial: float = 0, max_concurrent: int = 0, max_failures: int = 0,
               trainable: Callable[[dict[str, Any]], None] = ray_trainable) -> tune.ResultGrid:
     """Run `trainable` over `param_space` in a plain Tuner (no searcher or scheduler), reusing
-    actors; Ray must already be initialised (`ray.init`)."""
+    actors; Ray must already be initialised (`ray.init`). `param_space` is a user-facing trial
+    config (`trials.trial_config.TRIAL_DEFAULTS`), decided here once into a `TrialConfig`; its
+    keys starting with "_" go to Ray as given (they may be search primitives such as
+    `tune.grid_search`) and reach the trainable beside the TrialConfig's keys."""
+    user = {k: v for k, v in param_space.items() if not str(k).startswith("_")}
+    extra = {k: v for k, v in param_space.items() if str(k).startswith("_")}
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent or None,
+        param_space={**build_trial_config(user).to_dict(), **extra},
+        tune_config=tune.TuneConfig(num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent or None,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=str(Path(storage_path).resolve()), verbose=0,
@@ -118,7 +152,8 @@ def run_tuner(param_space: dict[str, Any], *, storage_path: str | Path, name: st
 
 
 # --- search driver -----------------------------------------------------------------------------
-# Ray Tune runs the trials; the Ray-free `nas.search.controller.SearchController` makes every decision.
+# Ray Tune runs the trials; the Ray-free `nas.search.controller.SearchController` makes every
+# decision.
 
 
 def available_cpus() -> float:

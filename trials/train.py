@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from tqdm import tqdm
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
+from search_spaces.spec import ArchSpec
+from trials.run_dir import RunDir
 from trials.training import TrainingFailed, load_checkpoint
 from trials.trial import Trial
+from trials.trial_config import TrialConfig, build_trial_config
 
 # CLI option -> trial config key, for every option that feeds the trial config.
 _CONFIG_OPTIONS = (
@@ -37,30 +41,36 @@ _CONFIG_OPTIONS = (
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m trials.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", help="named point, SPACE:SEED (e.g. resnest:0), or spec JSON file/text")
-    p.add_argument("--data", help="digits (default) | cifar10:PATH | cifar100:PATH | folder:PATH")
-    p.add_argument("--epochs", type=int, help="epochs (default 10)")
-    p.add_argument("--out", type=Path, help="output directory (default runs/train-<time>)")
-    p.add_argument("--image-size", type=int, help="input side in px (default: digits 16, CIFAR 32, folder 64)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 64)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default sgd 0.1, adamw 0.002)")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), help="sgd with Nesterov (default) or adamw")
-    p.add_argument("--weight-decay", type=float, help="default sgd 5e-4, adamw 0.05 (not on norms/biases)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--label-smoothing", type=float, help="default 0.1")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay (default 1)")
-    p.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (default 5)")
-    p.add_argument("--seed", type=int, help="training seed (default 0); the data split is fixed")
-    p.add_argument("--device", help="auto (default) | cpu | cuda[:N]")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's choice); use 1 on a shared CPU")
-    p.add_argument("--workers", type=int, help="DataLoader workers for large image folders")
-    p.add_argument("--val-fraction", type=float, help="val share carved from train when absent (0.1)")
-    p.add_argument("--train-fraction", type=float, help="train on a fixed stratified subset (default 1)")
-    p.add_argument("--adapt", action="store_true", help="retarget a spec JSON's classes/channels to the data")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--arch", help="named point, SPACE:SEED (e.g. resnest:0), or spec JSON file/text")
+    add("--data", help="digits (default) | cifar10:PATH | cifar100:PATH | folder:PATH")
+    add("--epochs", type=int, help="epochs (default 10)")
+    add("--out", type=Path, help="output directory (default runs/train-<time>)")
+    add("--image-size", type=int,
+        help="input side in px (default: digits 16, CIFAR 32, folder 64)")
+    add("--batch-size", type=int, help="training batch (default 64)")
+    add("--lr", type=float, help="peak learning rate (default sgd 0.1, adamw 0.002)")
+    add("--optimizer", choices=("sgd", "adamw"), help="sgd with Nesterov (default) or adamw")
+    add("--weight-decay", type=float,
+        help="default sgd 5e-4, adamw 0.05 (not on norms/biases)")
+    add("--momentum", type=float, help="SGD momentum (default 0.9)")
+    add("--label-smoothing", type=float, help="default 0.1")
+    add("--warmup-epochs", type=float,
+        help="linear warm-up before the cosine decay (default 1)")
+    add("--grad-clip", type=float, help="max gradient norm, 0 disables (default 5)")
+    add("--seed", type=int, help="training seed (default 0); the data split is fixed")
+    add("--device", help="auto (default) | cpu | cuda[:N]")
+    add("--threads", type=int,
+        help="torch CPU threads (default: torch's choice); use 1 on a shared CPU")
+    add("--workers", type=int, help="DataLoader workers for large image folders")
+    add("--val-fraction", type=float, help="val share carved from train when absent (0.1)")
+    add("--train-fraction", type=float,
+        help="train on a fixed stratified subset (default 1)")
+    add("--adapt", action="store_true",
+        help="retarget a spec JSON's classes/channels to the data")
+    add("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
+    add("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -72,28 +82,29 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def _resume_config(out: Path, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _resume_config(out: Path, given: dict[str, Any]) -> tuple[TrialConfig, dict[str, Any]]:
     """The saved run's config (and checkpoint); options given again must agree with it."""
-    state = load_checkpoint(out / "checkpoint.pt")
-    config = {**state["config"], **state["train_config"], "spec": state["spec"]}
+    state = load_checkpoint(RunDir(out).checkpoint)
+    saved = {**state["config"], **state["train_config"]}
     given.pop("spec", None)  # the checkpoint's spec is the adapted one; --arch may be a template
-    for key in ("device", "workers", "adapt"):  # where it runs may change; what it computes may not
-        if key in given:
-            config[key] = given.pop(key)
-    config["trial_dir"] = str(out)
-    differ = [k for k, v in given.items() if k in config and config[k] != v]
+    given.pop("adapt", None)
+    moved = {k: given.pop(k) for k in ("device", "workers") if k in given}  # where it runs
+    differ = [k for k, v in given.items() if k in saved and saved[k] != v]
     if differ:
-        raise UserError(f"--resume: {', '.join(f'{k}={given[k]!r}' for k in differ)} differ from the run in "
-                        f"{out} ({', '.join(f'{k}={config[k]!r}' for k in differ)}); drop them")
-    return config, state
+        raise UserError(f"--resume: {', '.join(f'{k}={given[k]!r}' for k in differ)} differ from "
+                        f"the run in {out} ({', '.join(f'{k}={saved[k]!r}' for k in differ)}); "
+                        "drop them")
+    config = TrialConfig.from_flat(saved, ArchSpec.from_dict(state["spec"]), state.get("costs", {}))
+    return replace(config, trial_dir=str(out), **moved), state
 
 
 def _check_out(out: Path, resume: bool) -> None:
-    has_run = (out / "checkpoint.pt").exists()
+    has_run = RunDir(out).checkpoint.exists()
     if resume and not has_run:
         raise UserError(f"--resume: {out} holds no checkpoint.pt to continue")
     if has_run and not resume:
-        raise UserError(f"{out} already holds a training run (checkpoint.pt); pass --resume or another --out")
+        raise UserError(f"{out} already holds a training run (checkpoint.pt); pass --resume or "
+                        "another --out")
 
 
 def _make_out(out: Path) -> None:
@@ -113,37 +124,39 @@ def _write_json(path: Path, obj: Any) -> None:
 def train(args: argparse.Namespace) -> int:
     """Run (or resume) one training; returns the exit code."""
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    run = RunDir(out)
     given = _config(args)
     _check_out(out, args.resume)
+    started = time.perf_counter()
     state = None
     if args.resume:
-        given, state = _resume_config(out, given)
+        config, state = _resume_config(out, given)
     elif "spec" not in given:
         raise UserError("--arch is required (a named point, SPACE:SEED, or a spec JSON file)")
-    given.setdefault("trial_dir", str(out))
-    started = time.perf_counter()
-    trial = Trial(given, checkpoint=state, threads=args.threads, include_test=True)
-    data, spec = trial.data, trial.spec
+    else:
+        config = build_trial_config({**given, "trial_dir": str(out)})
+    trial = Trial(config, checkpoint=state, threads=args.threads, include_test=True)
+    data, spec, costs = trial.data, trial.spec, trial.costs
     _make_out(out)
-    (out / "spec.json").write_text(spec.to_json(indent=2) + "\n")
+    run.spec.write_text(spec.to_json(indent=2) + "\n")
     sizes = "/".join(str(n) for n in data.describe()["sizes"].values())
-    print(f"training {spec.tag} ({trial.costs.get('params', 0):,.0f} params, {trial.costs.get('macs', 0):,.0f} "
-          f"MACs at {data.image_size}px) on {data.name} (train/val/test {sizes}) for {trial.epochs} epochs "
-          f"on {trial.device}", file=sys.stderr)
+    print(f"training {spec.tag} ({costs.get('params', 0):,.0f} params, "
+          f"{costs.get('macs', 0):,.0f} MACs at {data.image_size}px) on {data.name} "
+          f"(train/val/test {sizes}) for {trial.epochs} epochs on {trial.device}", file=sys.stderr)
     steps = trial.trainer.steps_per_epoch
     bar = tqdm(total=steps * trial.epochs, initial=steps * trial.trainer.epoch, unit="step",
                file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
     trial.trainer.on_step = lambda: bar.update(1)
-    result: dict[str, Any] = {"spec_tag": spec.tag, "data": data.name, "image_size": data.image_size,
-                              **trial.costs}
+    result: dict[str, Any] = {"spec_tag": spec.tag, "data": data.name,
+                              "image_size": data.image_size, **costs}
     try:
-        for metrics in trial.run():  # writes checkpoint.pt, metrics.jsonl, spec.json to out
-            bar.set_postfix(epoch=metrics["epoch"], loss=f"{metrics['train_loss']:.3f}",
-                            val=f"{metrics['val_top1']:.2%}")
+        for record in trial.run():  # writes the checkpoint, metrics and spec to out
+            bar.set_postfix(epoch=record["epoch"], loss=f"{record['train_loss']:.3f}",
+                            val=f"{record['val_top1']:.2%}")
     except TrainingFailed as err:
         bar.close()
-        _write_json(out / "result.json", {**result, "state": "FAIL", "reason": err.reason,
-                                          "epochs": trial.trainer.epoch})
+        _write_json(run.result, {**result, "state": "FAIL", "reason": err.reason,
+                                 "epochs": trial.trainer.epoch})
         print(f"error: training failed: {err.reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -156,11 +169,11 @@ def train(args: argparse.Namespace) -> int:
     test = trial.trainer.evaluate("test") if data.test is not None else {}
     result.update({
         "state": "COMPLETE", "epochs": trial.trainer.epoch, "val_top1": curve[-1]["val_top1"],
-        "val_top5": curve[-1].get("val_top5"), "test_top1": test.get("top1"), "test_top5": test.get("top5"),
-        "seconds": sum(r["epoch_seconds"] for r in curve),
+        "val_top5": curve[-1].get("val_top5"), "test_top1": test.get("top1"),
+        "test_top5": test.get("top5"), "seconds": sum(r["epoch_seconds"] for r in curve),
         "wall_seconds": time.perf_counter() - started,
     })
-    _write_json(out / "result.json", result)
+    _write_json(run.result, result)
     test_text = f"test top-1 {test['top1']:.2%}" if test else "no test split"
     print(f"{test_text} (val top-1 {result['val_top1']:.2%}) after {result['epochs']} epochs, "
           f"{result['seconds']:.1f} s training; results in {out}")

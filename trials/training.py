@@ -22,7 +22,8 @@ from torch import nn
 
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_bytes
-from trials.data import DataBundle
+from trials.bundle import DataBundle
+from trials.run_dir import RunDir
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.1, "adamw": 2e-3}
@@ -59,16 +60,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                            f"got {self.optimizer!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_size < 2:
-            raise UserError(f"batch_size must be >= 2 (batch norm needs two images), got {self.batch_size}")
-        for name in ("lr", "weight_decay", "momentum", "label_smoothing", "warmup_epochs", "grad_clip"):
+            raise UserError("batch_size must be >= 2 (batch norm needs two images), "
+                            f"got {self.batch_size}")
+        for name in ("lr", "weight_decay", "momentum", "label_smoothing", "warmup_epochs",
+                     "grad_clip"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value)):
+            number = isinstance(value, (int, float))
+            if value is not None and (not number or not value >= 0 or math.isinf(value)):
                 raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"lr must be > 0, got {self.lr}")
@@ -103,7 +108,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv/linear weights only; norms and biases (1-D tensors) are not decayed."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -128,7 +134,8 @@ class Trainer:
         groups = param_groups(self.model, config.resolved_weight_decay)
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=config.resolved_lr, momentum=config.momentum, nesterov=config.momentum > 0)
+                groups, lr=config.resolved_lr, momentum=config.momentum,
+                nesterov=config.momentum > 0)
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=config.resolved_lr)
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
@@ -154,7 +161,8 @@ class Trainer:
         self.generator.manual_seed(epoch_seed(cfg.seed, epoch))
         torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG op
         self.model.train()
-        check_every = 1 if self.device.type == "cpu" else 25  # .item() syncs a GPU: check less often
+        # .item() syncs a GPU: check less often there
+        check_every = 1 if self.device.type == "cpu" else 25
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
@@ -268,16 +276,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file (or `checkpoint.pt` in a directory) without executing pickles."""
+    """Read a checkpoint file (or a run directory's) without executing pickles."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = RunDir(path).checkpoint
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/foreign files
-        raise UserError(f"{path} is not a readable checkpoint: {str(err).splitlines()[0]}") from None
+        first = str(err).splitlines()[0]
+        raise UserError(f"{path} is not a readable checkpoint: {first}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     return state

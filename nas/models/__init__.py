@@ -1,1 +1,2 @@
-"""The network: builder, split attention and measured costs (the only layer of `nas` under trials)."""
+"""The network: `network` (torch-only classes, emitted verbatim by the export), `builder` (spec ->
+network, a pure function) and `costs` (measured costs). The only layer of `nas` below `trials`."""
