@@ -1,8 +1,9 @@
 """Which architecture choices mattered: Optuna's parameter importances, one table per objective.
 
-Read from the experiment's own Optuna study (its storage URL), restricted to trials that trained to
-completion inside the space: infeasible trials are told to Optuna with a placeholder accuracy of 0,
-and seed points outside the space carry no parameters, so both would only add noise.
+Read from the experiment's own Optuna study (its journal, or its `--storage` database), restricted
+to trials that trained to completion inside the space: infeasible trials are told to Optuna with a
+placeholder accuracy of 0, and seed points outside the space carry no parameters, so both would
+only add noise.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from analysis.front import ObjectivesLike, as_objectives
 from analysis.load import ExpPath, open_experiment
-from nas.experiment import ExperimentConfig, study_storage_url
+from nas.experiment import ExperimentConfig, open_storage, study_location
 from nas.search.objectives import Objective
 from nas.search.strategy import VIOLATIONS_ATTR
 from search_spaces.errors import UserError
@@ -28,15 +29,15 @@ MIN_TRIALS = 2
 
 def load_study(exp: Path, config: ExperimentConfig) -> optuna.Study:
     """The experiment's study, opened read-only in spirit (nothing here writes to it)."""
-    url = study_storage_url(exp, config.storage)
-    if not config.storage and not (exp / "study.db").is_file():  # sqlite would create it
-        raise UserError(f"{exp} has no study.db: parameter importances need the Optuna study")
     try:
-        return optuna.load_study(study_name=config.name, storage=url)
+        storage = open_storage(exp, config.storage)
+    except UserError as err:
+        raise UserError(f"parameter importances need the Optuna study: {err}") from None
+    try:
+        return optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:
-        raise UserError(f"study {config.name!r} not found in {url}") from None
-    except Exception as err:  # sqlalchemy/optuna raise several types for unreadable storage
-        raise UserError(f"cannot open the study of {exp} ({url}): {err}") from None
+        raise UserError(f"study {config.name!r} not found in "
+                        f"{study_location(exp, config.storage)}") from None
 
 
 def _usable(trial: FrozenTrial) -> bool:

@@ -10,14 +10,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
 from search_spaces.spec import ArchSpec
 from trials.run_dir import RunDir
+
+if TYPE_CHECKING:  # Optuna is imported where a study is opened: trials.csv readers skip it
+    from optuna.storages import BaseStorage
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE", "RUNNING")
 # Static costs a record may carry; all are "lower is better".
@@ -131,8 +135,8 @@ class ExperimentDir:
 
     @property
     def study(self) -> Path:
-        """The Optuna study, unless `--storage` names another database."""
-        return self.path / "study.db"
+        """The Optuna study (Optuna's journal file), unless `--storage` names a database."""
+        return self.path / "study.journal"
 
     @property
     def ray(self) -> Path:
@@ -219,31 +223,92 @@ def load_config(exp: Path) -> ExperimentConfig:
         raise UserError(f"{ExperimentDir(exp).config} is unreadable or malformed: {err}") from None
 
 
-def study_storage_url(exp: Path, storage: str) -> str:
-    return storage or f"sqlite:///{(exp / 'study.db').resolve()}"
+def study_location(exp: Path, storage: str) -> str:
+    """Where the experiment's study lives, for messages: the `--storage` URL or the journal file."""
+    return storage or str(ExperimentDir(exp).study)
 
 
-def open_storage(url: str) -> Any:
-    """The Optuna storage behind `url`. SQLite files open in WAL mode with synchronous=NORMAL:
-    the search commits ~30 times per trial and a default SQLite commit waits for an fsync
-    (~15 ms on the benchmark machine, 0.1 ms in WAL; see docs/benchmarks.md). Committed trials
-    still survive a crash of the driver; an OS crash may lose the last few. Other URLs are
-    returned as they are (Optuna opens them)."""
-    if not url.startswith("sqlite:///"):
-        return url
-    import sqlite3
+def open_storage(exp: Path, storage: str = "", *, create: bool = False) -> BaseStorage:
+    """The experiment's Optuna storage: Optuna's journal file `ExperimentDir(exp).study`, or the
+    database at `storage` (sqlite:///PATH, postgresql://...) when `--storage` names one.
 
+    `create` (the search): a missing journal or database tables may be made. Otherwise (analysis)
+    the study must already be there. A file that is damaged or not Optuna's raises one UserError
+    line naming it, before anything writes to it."""
+    if storage:
+        return _open_database(storage, create)
+    path = ExperimentDir(exp).study
+    if not path.is_file() and not create:
+        raise UserError(f"{exp} has no {path.name} (the experiment's Optuna study)")
+    return _open_journal(path)
+
+
+def _open_journal(path: Path) -> BaseStorage:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    data = path.read_bytes() if path.is_file() else b""
+    # Optuna skips a last line it cannot parse and appends after it, which buries the damage
+    # where every later read fails: the last record is checked here first.
+    problem = "its last record is incomplete or not Optuna's"
+    if not data or _ends_with_a_record(data):
+        try:
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            problem = "" if not data or optuna.get_all_study_names(storage) else "no study in it"
+        except Exception as err:  # Optuna's replay raises several types for a foreign file
+            problem = _gist(err)
+    if problem:
+        raise UserError(f"{path} is not a readable Optuna journal ({problem}); "
+                        "it was left as it is")
+    return storage
+
+
+def _ends_with_a_record(data: bytes) -> bool:
+    """The last line is a whole journal record: a JSON object with an op_code, and a newline."""
+    try:
+        record = json.loads(data.rsplit(b"\n", 2)[-2]) if data.endswith(b"\n") else None
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def _open_database(url: str, create: bool) -> BaseStorage:
+    """An RDB storage. An existing SQLite file is read before anything writes to it (Optuna's
+    tables, the WAL mode below), so a foreign one is refused unchanged. SQLite opens in WAL mode
+    with synchronous=NORMAL: a default SQLite commit waits for an fsync and the search commits a
+    few dozen times per trial; committed trials still survive a crash of the driver, an OS
+    crash may lose the last few."""
     import optuna
 
-    path = url[len("sqlite:///"):]
+    path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+    if path is not None and not path.is_file() and not create:
+        raise UserError(f"--storage {url}: there is no database file {path}")
+    try:
+        if path is None:
+            storage = optuna.storages.RDBStorage(url, skip_table_creation=not create)
+            if not create:
+                optuna.get_all_study_names(storage)
+            return storage
+        if path.is_file() and path.stat().st_size:
+            optuna.get_all_study_names(optuna.storages.RDBStorage(url, skip_table_creation=True))
 
-    def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(path, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        return conn
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
 
-    return optuna.storages.RDBStorage(url, engine_kwargs={"creator": connect})
+        return optuna.storages.RDBStorage(url, engine_kwargs={"creator": connect})
+    except Exception as err:  # sqlalchemy and Optuna raise several types for unreadable storage
+        raise UserError(f"--storage {url} is not a readable Optuna database ({_gist(err)}); "
+                        "it was left as it is") from None
+
+
+def _gist(err: BaseException) -> str:
+    """The first line of a storage error's message; Optuna wraps the database's as the cause."""
+    cause = err.__cause__ or err
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
 
 
 CsvCache = dict[str, tuple[TrialRecord, str]]

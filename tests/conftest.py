@@ -3,7 +3,7 @@
 `small_experiment`: ONE real experiment directory per test session, for analysis and export tests.
 Until `python -m nas.search --smoke` runs end to end, it is written here by hand (clearly a test
 fixture): a few tiny specs trained for real with `trials.training` on a subset of digits at 8 px,
-then experiment.json, trials.csv, an Optuna SQLite study and checkpoints in the layout
+then experiment.json, trials.csv, an Optuna journal study and checkpoints in the layout
 `nas.experiment` documents. States covered: COMPLETE (incl. a named seed point), PRUNED (with a
 checkpoint from epoch 1) and FAIL (no checkpoint).
 """
@@ -83,10 +83,11 @@ def build_fixture_experiment(root: Path) -> Path:
 def _build(root: Path) -> Path:
     import optuna
     import torch
+    from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
     import nas
-    from nas.experiment import ExperimentConfig, TrialRecord, study_storage_url, write_trials_csv
+    from nas.experiment import ExperimentConfig, ExperimentDir, TrialRecord, write_trials_csv
     from search_spaces import get_space
     from trials.data import Split, load_data
     from trials.training import TrainConfig, Trainer, save_checkpoint
@@ -108,8 +109,9 @@ def _build(root: Path) -> Path:
     subset = torch.arange(0, len(data.train), 3)  # ~420 images: fast, still learnable
     data = dataclasses.replace(data, train=Split(labels=data.train.labels[subset],
                                                  images=data.train.images[subset]))
-    study = optuna.create_study(storage=study_storage_url(exp, ""), study_name=FIXTURE_NAME,
-                                directions=["maximize", "minimize"])
+    journal = JournalFileBackend(str(ExperimentDir(exp).study))  # the search's default storage
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(journal),
+                                study_name=FIXTURE_NAME, directions=["maximize", "minimize"])
     records = []
     for number, (state, spec) in enumerate(_fixture_specs()):
         inside = space.contains(spec)
@@ -151,6 +153,33 @@ def _build(root: Path) -> Path:
                                    reason=reason, seconds=1.0, checkpoint=checkpoint))
     write_trials_csv(exp, records)
     return exp
+
+
+def _sqlite_file(path: Path) -> None:
+    import sqlite3
+
+    path.unlink()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+
+
+# Ways a study file goes wrong: each takes the path of a good journal and spoils it in place.
+DAMAGES: dict[str, Any] = {
+    "garbage bytes": lambda p: p.write_bytes(bytes(range(256)) * 16),
+    "an SQLite database": _sqlite_file,
+    "JSON lines that are no journal": lambda p: p.write_text('{"trials": []}\n'),
+    "a record torn mid-write": lambda p: p.write_bytes(p.read_bytes() + b'{"op_code": 5, "wor'),
+    "a foreign last line": lambda p: p.write_bytes(p.read_bytes() + b"not a record\n"),
+    "a foreign line inside": lambda p: p.write_bytes(p.read_bytes().replace(
+        b"\n", b"\nnot a record\n", 1)),
+}
+
+
+@pytest.fixture(params=list(DAMAGES))
+def damage(request: pytest.FixtureRequest) -> Any:
+    """A function spoiling a journal file in place (one way per parametrized run)."""
+    return DAMAGES[request.param]
 
 
 @pytest.fixture(scope="session")

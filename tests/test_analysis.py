@@ -313,10 +313,60 @@ def test_cli_on_an_experiment_without_trials(small_experiment: Path, tmp_path: P
 def test_cli_importance_needs_the_study(small_experiment: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     other = copy_experiment(small_experiment, tmp_path / "no-study")
-    (other / "study.db").unlink()
+    (other / "study.journal").unlink()
     code, _, err = run_cli([other, "--importance"], capsys)
-    assert code == 2 and "has no study.db" in err and err.count("\n") == 1
-    assert not (other / "study.db").exists()
+    assert code == 2 and "has no study.journal" in err and err.count("\n") == 1
+    assert not (other / "study.journal").exists()
+
+
+def test_the_fixture_study_loads_with_optuna(small_experiment: Path) -> None:
+    """The default study is Optuna's journal file: `optuna.load_study` reads it as it is."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(
+        JournalFileBackend(str(small_experiment / "study.journal")))
+    study = optuna.load_study(study_name="fx", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states == [r.state for r in load(small_experiment).itertuples()]
+
+
+def test_cli_importance_refuses_a_damaged_study_unchanged(
+        small_experiment: Path, tmp_path: Path, damage, capsys: pytest.CaptureFixture[str]) -> None:
+    other = copy_experiment(small_experiment, tmp_path / "damaged")
+    journal = other / "study.journal"
+    damage(journal)
+    before = journal.read_bytes()
+    code, _, err = run_cli([other, "--importance"], capsys)  # the front is printed first
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: ") and str(journal) in err and "Optuna journal" in err
+    assert journal.read_bytes() == before
+    assert sorted(p.name for p in other.iterdir()) == sorted(
+        p.name for p in small_experiment.iterdir())  # no lock or new file left behind
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database"])
+def test_cli_importance_refuses_a_foreign_storage_database_unchanged(
+        small_experiment: Path, tmp_path: Path, content: bytes,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--storage` named an SQLite file: one without Optuna's tables (or no database at all) is
+    refused, and neither gets Optuna's tables nor a WAL mode."""
+    import sqlite3
+
+    database = tmp_path / "shared.db"
+    if content:
+        database.write_bytes(content * 100)
+    else:
+        with sqlite3.connect(database) as conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.close()
+    before = database.read_bytes()
+    other = copy_experiment(small_experiment, tmp_path / "shared",
+                            storage=f"sqlite:///{database}")
+    code, _, err = run_cli([other, "--importance"], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"--storage sqlite:///{database}" in err
+    assert database.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared", "shared.db"]  # no WAL files
 
 
 def test_cli_refuses_experiments_with_different_objectives(

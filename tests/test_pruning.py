@@ -42,7 +42,7 @@ def _fake_costs(spec) -> dict[str, float]:
 
 
 def _controller(tmp_path: Path, pruner_name: str, objectives: str = "accuracy,macs",
-                memory: bool = True, sampler_name: str = "random", **kw) -> SearchController:
+                sampler_name: str = "random", **kw) -> SearchController:
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = _config(pruner=pruner_name, objectives=tuple(objectives.split(",")), **kw)
     objs = parse_objectives(objectives)
@@ -50,7 +50,6 @@ def _controller(tmp_path: Path, pruner_name: str, objectives: str = "accuracy,ma
         directions=[o.direction for o in objs],
         sampler=make_sampler(sampler_name, seed=0, n_trials=config.trials),
         pruner=make_pruner(pruner_name, objs, epochs=config.epochs),
-        storage=optuna.storages.InMemoryStorage() if memory else f"sqlite:///{tmp_path / 'study.db'}",
         study_name="t",
     )
     return SearchController(config, tmp_path, study, get_space("resnest"), objs, _fake_costs,
@@ -160,6 +159,22 @@ def test_samplers_use_no_deprecated_argument(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         make_sampler(name, seed=0, n_trials=20)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "gp" else n
+                                  for n in SAMPLERS])  # a GP ask takes seconds on 25 parameters
+def test_seeded_samplers_reproduce_their_proposals(tmp_path: Path, name: str) -> None:
+    """Same seed, same results told: the same architectures, past the start-up trials."""
+
+    def proposals(path: Path) -> list:
+        ctrl = _controller(path, "none", sampler_name=name)
+        for _ in range(10):
+            trial_id, _ = ctrl.next_trial()
+            macs = ctrl.records[trial_id].costs["macs"]
+            ctrl.on_complete(trial_id, {"epoch": 9, "val_top1": _learning_curve(macs, 9)})
+        return [r.spec for r in ctrl.records.values()]
+
+    assert proposals(tmp_path / "a") == proposals(tmp_path / "b")
 
 
 @pytest.mark.parametrize("name", ["median", "hyperband"])
@@ -285,7 +300,7 @@ def test_pruner_kept_across_a_study_decides_as_the_definition(cost_attrs: tuple[
         accuracy = float("nan") if rng.random() < 0.05 else float(rng.integers(0, 5)) / 4
         curve[str(len(curve) + 1)] = accuracy
         trial.set_user_attr(INTERMEDIATE_ATTR, dict(curve))
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
         verdict = kept.prune(study, frozen)
         assert verdict == _decision_by_definition(kept, study, frozen), trial.number
         decisions.append(verdict)
@@ -313,7 +328,7 @@ def test_pruner_decision_reads_only_unfinished_trials(monkeypatch: pytest.Monkey
         trial = study.ask()
         trial.set_user_attr("macs", float(i % 17))
         trial.set_user_attr(INTERMEDIATE_ATTR, {"1": (i % 10) / 10})
-        pruner.prune(study, study._storage.get_trial(trial._trial_id))
+        pruner.prune(study, study.get_trials(deepcopy=False)[trial.number])
         study.tell(trial, state=TrialState.PRUNED)
     live = [study.ask() for _ in range(3)]
     for i, trial in enumerate(live):
@@ -322,7 +337,7 @@ def test_pruner_decision_reads_only_unfinished_trials(monkeypatch: pytest.Monkey
     reads: list[int] = []
     real = module.intermediate_values
     monkeypatch.setattr(module, "intermediate_values", lambda t: reads.append(t.number) or real(t))
-    frozen = study._storage.get_trial(live[0]._trial_id)
+    frozen = study.get_trials(deepcopy=False)[live[0].number]
     verdict = pruner.prune(study, frozen)
     assert verdict == _decision_by_definition(pruner, study, frozen)
     assert sorted(reads) == [299, 300, 301, 302], reads
@@ -341,7 +356,7 @@ def test_pruner_deciding_for_a_closed_trial_counts_it_once_as_passed() -> None:
     probe = study.ask()
     probe.set_user_attr("macs", 1.0)
     probe.set_user_attr(INTERMEDIATE_ATTR, {"1": 0.5})
-    pruner.prune(study, study._storage.get_trial(probe._trial_id))  # files the closed trials
+    pruner.prune(study, study.get_trials(deepcopy=False)[probe.number])  # files the closed trials
     study.tell(probe, state=TrialState.FAIL)
     again = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={
         "macs": 1.0, INTERMEDIATE_ATTR: {"1": 0.65}})

@@ -202,3 +202,156 @@ def test_experiments_from_before_the_anchor_resume_without_it() -> None:
     assert ExperimentConfig.from_json(json.dumps(stored)).anchor
     del stored["anchor"]
     assert not ExperimentConfig.from_json(json.dumps(stored)).anchor
+
+
+# The study -------------------------------------------------------------------------------------
+def _drive(ctrl, outcomes: str) -> list[str]:
+    """One trial per letter, run without Ray: c completes, p is pruned after one epoch, f fails,
+    r is left running (its driver is about to die) after one epoch; the trial ids."""
+    ids = []
+    for index, outcome in enumerate(outcomes):
+        trial_id, _ = ctrl.next_trial()
+        ids.append(trial_id)
+        epochs = ctrl.config.epochs if outcome == "c" else 1
+        for epoch in range(1, epochs + 1):
+            ctrl.on_result(trial_id, {"epoch": epoch, "val_top1": 0.1 * (index + epoch),
+                                      "train_loss": 1.0})
+        if outcome == "f":
+            ctrl.on_complete(trial_id, {"epoch": 1, "failed": "non-finite loss"})
+        elif outcome == "p":
+            ctrl.pruned[trial_id] = "pruned at epoch 1 by test"
+            ctrl.on_complete(trial_id, None)
+        elif outcome == "c":
+            ctrl.on_complete(trial_id, None)
+    return ids
+
+
+OPTUNA_STATE = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL", "RUNNING": "RUNNING",
+                "INFEASIBLE": "COMPLETE"}
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_the_study_holds_every_trial_as_recorded(tmp_path: Path, storage: str) -> None:
+    """The default study is Optuna's journal file, read back with `optuna.load_study` as the
+    README shows; `--storage` an SQLite database. Either holds every trial from its start."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    flags = ("--storage", url) if storage == "sqlite" else ()
+    ctrl, config = _controller_for(tmp_path, "--epochs", "2", "--pruner", "none", *flags)
+    _drive(ctrl, "cpfcr")
+    if storage == "journal":
+        backend = JournalFileBackend(str(tmp_path / "study.journal"))
+        study = optuna.load_study(study_name=config.name,
+                                  storage=optuna.storages.JournalStorage(backend))
+    else:
+        assert not (tmp_path / "study.journal").exists()
+        study = optuna.load_study(study_name=config.name, storage=url)
+    trials = study.get_trials()
+    assert len(trials) == len(ctrl.records) == 5
+    for record in ctrl.records.values():
+        trial = trials[record.number]
+        assert trial.state.name == OPTUNA_STATE[record.state], record
+        assert trial.user_attrs["spec"] == record.spec.to_json()
+        if record.state == "COMPLETE":
+            assert trial.values == [record.accuracy, record.costs["macs"]]
+        if record.state in ("PRUNED", "RUNNING"):  # what the pruner ranked them by
+            assert trial.user_attrs["intermediate_accuracy"] == {"1": record.accuracy}
+
+
+def test_resume_closes_interrupted_trials_and_queues_them_again(tmp_path: Path) -> None:
+    """A driver killed with a trial running (and a seed enqueued but never asked): on resume
+    the study holds neither RUNNING nor WAITING trials, the running one's spec runs again from
+    its checkpoint, and finished trials are kept as they are."""
+    import optuna
+
+    from nas.experiment import ExperimentDir, read_trials_csv
+    from nas.search import cli as search
+    from nas.search.objectives import parse_objectives
+    from search_spaces import get_space
+
+    ctrl, config = _controller_for(tmp_path, "--epochs", "2", "--pruner", "none")
+    running = _drive(ctrl, "ccr")[-1]
+    checkpoint = ExperimentDir(tmp_path).trial(running).checkpoint
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"weights")
+    ctrl.study.enqueue_trial(ctrl.space.params_of(ctrl.records["t0000"].spec))
+    before = read_trials_csv(tmp_path)
+    del ctrl  # the driver dies here: nothing is closed or flushed
+
+    objectives = parse_objectives(list(config.objectives))
+    study = search.open_study(config, tmp_path, objectives, resume=True)
+    again = search.make_controller(config, tmp_path, study, get_space(config.space), objectives,
+                                   search.cost_function(config), True)
+    states = [t.state for t in study.get_trials()]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.WAITING not in states
+    after = read_trials_csv(tmp_path)
+    assert after[:2] == before[:2]  # finished: kept exactly
+    assert after[2].state == "FAIL" and after[2].reason.endswith("re-queued on resume")
+    trial_id, trial_config = again.next_trial()
+    assert again.records[trial_id].spec == before[2].spec
+    assert trial_config["resume_from"] == str(checkpoint)
+    assert int(trial_id[1:]) == len(states)  # numbers continue after every trial of the study
+
+
+def _study_with_one_trial(tmp_path: Path):
+    ctrl, config = _controller_for(tmp_path, "--epochs", "1", "--pruner", "none")
+    _drive(ctrl, "c")
+    return config
+
+
+def test_a_damaged_study_is_refused_on_resume_unchanged(tmp_path: Path, damage) -> None:
+    from nas.search import cli as search
+    from nas.search.objectives import parse_objectives
+
+    config = _study_with_one_trial(tmp_path)
+    journal = tmp_path / "study.journal"
+    damage(journal)
+    before = _snapshot(tmp_path)
+    with pytest.raises(UserError) as refused:
+        search.open_study(config, tmp_path, parse_objectives(list(config.objectives)),
+                          resume=True)
+    message = str(refused.value)
+    assert str(journal) in message and "\n" not in message
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_foreign_storage_database_is_refused_unchanged(tmp_path: Path, resume: bool) -> None:
+    import dataclasses
+    import sqlite3
+
+    from nas.search import cli as search
+    from nas.search.objectives import parse_objectives
+
+    database = tmp_path / "notes.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    before = _snapshot(tmp_path)
+    config, _ = search.config_from_args(search.build_parser().parse_args(
+        ["--out", str(tmp_path), "--storage", f"sqlite:///{database}"]))
+    with pytest.raises(UserError, match="is not a readable Optuna database"):
+        search.open_study(dataclasses.replace(config, image_size=8), tmp_path,
+                          parse_objectives(list(config.objectives)), resume=resume)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_resume_of_a_damaged_study_is_one_line_exit_2(tmp_path: Path) -> None:
+    """The real `--resume` (it starts Ray before it opens the study: Ray may print first)."""
+    exp = tmp_path / "out" / "resnest"
+    exp.mkdir(parents=True)
+    config = _study_with_one_trial(exp)
+    (exp / "experiment.json").write_text(config.to_json())
+    (exp / "study.journal").write_bytes(bytes(range(256)) * 16)
+    before = _snapshot(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "nas.search", "--out", str(exp.parent),
+                           "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == done.stderr.splitlines()[-1:]  # Ray's start-up notes may come before it
+    assert str(exp / "study.journal") in errors[0] and "Traceback" not in done.stderr
+    assert _snapshot(tmp_path) == before

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from nas.experiment import read_trials_csv
 from search_spaces import named_point
@@ -34,7 +36,9 @@ def search(out: Path, name: str, *args: str, timeout: float = 420) -> subprocess
 
 
 def load_study(exp: Path) -> optuna.Study:
-    return optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / 'study.db'}")
+    """The search's default study, opened as the README shows."""
+    storage = JournalStorage(JournalFileBackend(str(exp / "study.journal")))
+    return optuna.load_study(study_name=exp.name, storage=storage)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,7 @@ def test_multi_objective_search_records_every_trial(mo_search: tuple[Path, str])
     # Optuna agrees on every trial's state; nothing was told COMPLETE with a partial curve.
     study = load_study(exp)
     by_number = {t.number: t for t in study.trials}
+    assert sorted(by_number) == sorted(r.number for r in records)  # every trial, none else
     for r in records:
         assert by_number[r.number].state.name == OPTUNA_STATE[r.state], r
         if r.state == "COMPLETE":
@@ -115,7 +120,7 @@ def test_single_objective_search_with_optuna_pruner(tmp_path: Path) -> None:
     proc = search(tmp_path, "so", "--objectives", "accuracy", "--pruner", "median",
                   "--trials", "5", "--epochs", "2", "--storage", url)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not (tmp_path / "so" / "study.db").exists()
+    assert not (tmp_path / "so" / "study.journal").exists()
     study = optuna.load_study(study_name="so", storage=url)
     assert len(study.directions) == 1
     records = read_trials_csv(tmp_path / "so")

@@ -26,7 +26,7 @@ from nas.experiment import (
     open_storage,
     prepare_directory,
     read_trials_csv,
-    study_storage_url,
+    study_location,
 )
 from nas.models.costs import measure_costs, static_costs
 from nas.search.anchor import cheapest_corner, corner_specs
@@ -40,7 +40,9 @@ from search_spaces.registry import get_space, list_presets, list_spaces, named_p
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
 from trials import ray_runner
-from trials.data import load_data
+from trials.data import describe
+from trials.training import TrainConfig
+from trials.trial_config import TrialConfig
 
 SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
 
@@ -83,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials at once (default: as many as fit on Ray's free CPUs and, with "
                         "--gpus-per-trial, its GPUs)")
     p.add_argument("--address", default=None, help="join a Ray cluster (host:port or auto)")
-    p.add_argument("--storage", default="", help="Optuna storage URL (default OUT/NAME/study.db)")
+    p.add_argument("--storage", default="",
+                   help="Optuna database URL (default: the journal file OUT/NAME/study.journal)")
     p.add_argument("--out", default="experiments", help="directory holding experiments")
     p.add_argument("--name", default="resnest", help="experiment (and study) name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
@@ -155,16 +158,20 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
 
 
 def cost_function(config: ExperimentConfig) -> Any:
-    """Static costs per spec at the search's resolution; latency only when something uses it."""
+    """Params and MACs per spec at the search's resolution; peak memory and latency only when
+    something uses them (memory is traced, latency timed: both cost far more than the counts)."""
     needs_latency = "latency" in config.objectives or "max_latency_ms" in config.constraints
+    needs_memory = "memory" in config.objectives
 
     def costs(spec: ArchSpec) -> dict[str, float]:
         if needs_latency:
-            record = measure_costs(spec, image_size=config.image_size, device="cpu")
+            record = measure_costs(spec, image_size=config.image_size, device="cpu",
+                                   memory=needs_memory)
         else:
-            record = static_costs(spec, image_size=config.image_size)
-        out = {"params": float(record.params), "macs": float(record.macs),
-               "peak_memory_bytes": float(record.peak_memory_bytes)}
+            record = static_costs(spec, image_size=config.image_size, memory=needs_memory)
+        out = {"params": float(record.params), "macs": float(record.macs)}
+        if needs_memory:
+            out["peak_memory_bytes"] = float(record.peak_memory_bytes)
         if needs_latency:
             out["latency_ms"] = float(record.latency_ms)
         return out
@@ -243,9 +250,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             time_budget_s=parse_duration(args.time_budget) if args.time_budget
             else stored.time_budget_s,
         )
-    data = load_data(config.data, config.image_size or None, include_test=False)
-    config = replace(config, image_size=data.image_size, num_classes=data.num_classes,
-                     in_channels=data.in_channels)
+    shape = describe(config.data, config.image_size or None)  # no image is loaded
+    config = replace(config, image_size=shape.image_size, num_classes=shape.num_classes,
+                     in_channels=shape.in_channels)
     space = get_space(config.space, config.preset)
     smallest = min(s.min_image_size for s in corner_specs(space, config))
     if config.image_size < smallest:
@@ -281,12 +288,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             verbose=runtime["verbose"],
         )
     except KeyboardInterrupt:
-        controller.flush()
         print(f"interrupted; continue with: python -m nas.search --out {args.out} "
               f"--name {config.name} --resume", file=sys.stderr)
         return 130
     controller.close_live("stopped at the end of the search")
-    controller.flush()
     print_front(controller, objectives)
     return 0
 
@@ -298,11 +303,12 @@ def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective,
     existing = len(read_trials_csv(exp)) if resume else 0
     sampler = make_sampler(config.sampler, seed=config.seed + existing, n_trials=config.trials)
     pruner = make_pruner(config.pruner, objectives, epochs=config.epochs)
-    url = study_storage_url(exp, config.storage)
-    if not resume and config.storage and config.name in optuna.get_all_study_names(url):
-        raise UserError(f"study {config.name!r} already exists in --storage; pass --resume")
+    storage = open_storage(exp, config.storage, create=True)
+    if not resume and config.name in optuna.get_all_study_names(storage):
+        raise UserError(f"study {config.name!r} already exists in "
+                        f"{study_location(exp, config.storage)}; pass --resume")
     return optuna.create_study(
-        storage=open_storage(url), study_name=config.name, sampler=sampler, pruner=pruner,
+        storage=storage, study_name=config.name, sampler=sampler, pruner=pruner,
         directions=[o.direction for o in objectives], load_if_exists=resume,
     )
 
@@ -317,15 +323,25 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
         seeds.append(cheapest_corner(space, config))
     seeds = [s for s in seeds if s.spec_hash not in done]
 
-    def trial_config(trial_id: str, spec: ArchSpec, resume_from: str | None) -> dict[str, Any]:
-        return {
-            "spec": spec.to_json(), "data": config.data, "image_size": config.image_size,
-            "epochs": config.epochs, "seed": config.seed, "trial_dir": str(
-                ExperimentDir(exp).trial(trial_id).path.resolve()), "resume_from": resume_from,
-            "train": dict(config.train),
-        }
+    last: dict[str, dict[str, float]] = {}  # the spec the controller costed last: its costs
 
-    return SearchController(config, exp, study, space, objectives, costs, trial_config,
+    def spec_costs(spec: ArchSpec) -> dict[str, float]:
+        if spec.spec_hash not in last:
+            last.clear()
+            last[spec.spec_hash] = costs(spec)
+        return last[spec.spec_hash]
+
+    train = TrainConfig(**{**config.train, "epochs": config.epochs, "seed": config.seed})
+
+    def trial_config(trial_id: str, spec: ArchSpec, resume_from: str | None) -> dict[str, Any]:
+        """The trial's whole config, decided here: the worker neither parses, adapts nor costs."""
+        return TrialConfig(
+            spec=spec, data=config.data, image_size=config.image_size, train=train,
+            costs=spec_costs(spec), resume_from=resume_from,
+            trial_dir=str(ExperimentDir(exp).trial(trial_id).path.resolve()),
+        ).to_dict()
+
+    return SearchController(config, exp, study, space, objectives, spec_costs, trial_config,
                             seed_specs=seeds, records=records)
 
 

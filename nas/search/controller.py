@@ -2,9 +2,12 @@
 static costs, consults the pruner at every epoch report, and records every trial.
 
 `trials/ray_runner.py` adapts this to Ray Tune's Searcher/Scheduler callbacks; tests can drive it
-directly. Optuna refuses `Trial.report` in multi-objective studies, so intermediate accuracies go to
-the study's storage directly (see `nas.search.pruner`); a pruned trial is told to Optuna as PRUNED (never COMPLETE with a
-partial accuracy), so it never enters the sampler's model or the front as a finished value.
+directly. The controller asks, reports to and tells the durable study itself (each change is one
+journal append or database commit), so the study holds every trial from its start, as trials.csv
+does. Optuna refuses `Trial.report` in multi-objective studies, so there intermediate accuracies
+go to a user attribute (see `nas.search.pruner`); a pruned trial is told to Optuna as PRUNED
+(never COMPLETE with a partial accuracy), so it never enters the sampler's model or the front as
+a finished value.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from nas.search.objectives import Objective
 from nas.search.pareto import pareto_mask
 from nas.search.pruner import INTERMEDIATE_ATTR
 from nas.search.strategy import record_violations
-from nas.search.study_mirror import StudyMirror
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
@@ -61,14 +63,11 @@ class SearchController:
         records: list[TrialRecord] = (),
         log: Callable[[str], None] = print,
     ) -> None:
-        # Optuna runs on an in-memory copy of a durable study, persisted a few times per trial.
-        self.mirror = StudyMirror.wrap(study)
-        self.study = self.mirror.study if self.mirror else study
+        self.study = study
         self.config, self.exp, self.space = config, exp, space
         self.objectives, self.cost_fn, self.trial_config_fn, self.log = (
             objectives, cost_fn, trial_config_fn, log
         )
-        self.storage = self.study._storage  # For intermediate values Trial.report refuses.
         self.records: dict[str, TrialRecord] = {r.trial_id: r for r in records}
         self.live: dict[str, optuna.Trial] = {}
         self.pruned: dict[str, str] = {}
@@ -108,7 +107,6 @@ class SearchController:
                 costs = self.cost_fn(spec)
             except UserError as err:  # the builder refuses a point the space proposed
                 self.study.tell(trial, state=TrialState.FAIL)
-                self._persist(trial)
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec,
                                          reason=f"invalid architecture: {err}"))
                 continue
@@ -121,11 +119,9 @@ class SearchController:
             if any(v > 0 for v in violations):
                 reason = "; ".join(self._violation_text(costs))
                 self.study.tell(trial, self._values(0.0, costs))
-                self._persist(trial)
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec, costs,
                                          reason=reason))
                 continue
-            self._persist(trial)
             self.live[trial_id] = trial
             self._record(TrialRecord(trial_id, trial.number, "RUNNING", spec, costs))
             return trial_id, self.trial_config_fn(trial_id, spec, resume_from)
@@ -172,41 +168,46 @@ class SearchController:
     # Reports ----------------------------------------------------------------------------------
     def on_result(self, trial_id: str, result: dict[str, Any]) -> bool:
         """Record one epoch; True when the pruner says stop."""
-        record = self.records.get(trial_id)
-        trial = self.live.get(trial_id)
-        if record is None or trial is None or "epoch" not in result:
+        epoch = self._record_epoch(trial_id, result)
+        if epoch is None or epoch >= self.config.epochs:
             return False
-        if result.get("failed"):
-            return False
-        epoch = {k: result[k] for k in CURVE_KEYS if result.get(k) is not None}
-        curve = [e for e in record.curve if e["epoch"] < epoch["epoch"]] + [epoch]
-        self.records[trial_id] = replace(record, curve=tuple(curve))
-        accuracy = float(result.get("val_top1", float("nan")))
-        if len(self.objectives) == 1:
-            self.storage.set_trial_intermediate_value(trial._trial_id, int(epoch["epoch"]), accuracy)
-        else:
-            self.storage.set_trial_user_attr(trial._trial_id, INTERMEDIATE_ATTR, {
-                str(e["epoch"]): e.get("val_top1") for e in curve
-            })
-        if epoch["epoch"] >= self.config.epochs:
-            return False
-        frozen = self.storage.get_trial(trial._trial_id)
-        if self.study.pruner.prune(self.study, frozen):
-            self.pruned[trial_id] = f"pruned at epoch {epoch['epoch']} by {self.config.pruner}"
+        if self.study.pruner.prune(self.study, self._frozen(self.live[trial_id].number)):
+            self.pruned[trial_id] = f"pruned at epoch {epoch} by {self.config.pruner}"
             return True
         return False
+
+    def _record_epoch(self, trial_id: str, result: dict[str, Any]) -> int | None:
+        """Add an epoch's result to a live trial's curve and its study trial; the epoch, or None
+        for a result that is no epoch (a failure report, an unknown trial)."""
+        record = self.records.get(trial_id)
+        trial = self.live.get(trial_id)
+        if record is None or trial is None or "epoch" not in result or result.get("failed"):
+            return None
+        epoch = {k: result[k] for k in CURVE_KEYS if result.get(k) is not None}
+        if epoch in record.curve:  # passed again (a trial's last result): already recorded
+            return int(epoch["epoch"])
+        reported = {e["epoch"] for e in record.curve}
+        curve = [e for e in record.curve if e["epoch"] < epoch["epoch"]] + [epoch]
+        self.records[trial_id] = replace(record, curve=tuple(curve))
+        if len(self.objectives) > 1:
+            trial.set_user_attr(INTERMEDIATE_ATTR, {
+                str(e["epoch"]): e.get("val_top1") for e in curve
+            })
+        elif epoch["epoch"] not in reported:  # Optuna keeps a step's first report (and warns)
+            trial.report(float(result.get("val_top1", float("nan"))), int(epoch["epoch"]))
+        return int(epoch["epoch"])
 
     def on_complete(
         self, trial_id: str, result: dict[str, Any] | None, error: str | None = None
     ) -> None:
-        """Close a trial: COMPLETE, PRUNED (pruner or time budget) or FAIL, in Optuna and the csv."""
-        trial = self.live.pop(trial_id, None)
-        record = self.records.get(trial_id)
-        if trial is None or record is None:
+        """Close a trial: COMPLETE, PRUNED (pruner or time budget) or FAIL, in Optuna and the csv.
+        A final result not passed to `on_result` yet is recorded first."""
+        if trial_id not in self.live or trial_id not in self.records:
             return
-        if result and "epoch" in result and not result.get("failed"):
-            self.on_result(trial_id, result)
-            record = self.records[trial_id]
+        if result:
+            self._record_epoch(trial_id, result)
+        trial = self.live.pop(trial_id)
+        record = self.records[trial_id]
         seconds = float((result or {}).get("time_total_s", 0.0) or 0.0)
         failure = error or (result or {}).get("failed")
         if failure:
@@ -220,7 +221,6 @@ class SearchController:
             self.study.tell(trial, self._values(record.accuracy, record.costs))
         else:
             self.study.tell(trial, state=getattr(TrialState, state))
-        self._persist(trial)
         self._record(replace(record, state=state, reason=reason, seconds=seconds,
                              checkpoint=self._checkpoint_of(trial_id)))
         self._progress_line(self.records[trial_id])
@@ -232,14 +232,10 @@ class SearchController:
             self.on_complete(trial_id, None)
 
     # Persistence and progress ----------------------------------------------------------------
-    def _persist(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
-        if self.mirror is not None:
-            self.mirror.persist(trial._trial_id)
-
-    def flush(self) -> None:
-        """Wait for the study's background writes (call before the driver exits)."""
-        if self.mirror is not None:
-            self.mirror.flush()
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        """A running trial as the study holds it now (what a pruner decides on)."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return next(t for t in running if t.number == number)
 
     def _record(self, record: TrialRecord) -> None:
         old = self.records.get(record.trial_id)
@@ -249,20 +245,17 @@ class SearchController:
         write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 
     def _recover_interrupted(self) -> None:
-        """After a driver crash, trials left RUNNING are closed as FAIL and queued to run again
-        (continuing from their last checkpoint); finished trials are kept as they are."""
-        lost: list[int] = []  # trials whose start was lost with the driver's study writer
-        if self.mirror is not None and self.records:
-            lost = self.mirror.pad_to(max(r.number for r in self.records.values()) + 1)
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial_id = f"t{trial.number:04d}"
-            record = self.records.get(trial_id)
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            self._persist(trial)
-            if record is not None:
-                self._requeue(record)
+        """After a driver crash, trials left RUNNING in the study are closed as FAIL and queued
+        to run again (continuing from their last checkpoint); finished trials are kept as they
+        are. A trial enqueued but never asked is closed too, so no later ask picks it up."""
+        for _ in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            self.study.tell(self.study.ask(), state=TrialState.FAIL)
+        running = {t.number for t in
+                   self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        for number in sorted(running):
+            self.study.tell(number, state=TrialState.FAIL)
         for record in list(self.records.values()):
-            if record.state == "RUNNING" and record.number in lost:
+            if record.state == "RUNNING" and record.number in running:
                 self._requeue(record)
             elif record.state == "RUNNING":  # csv row whose study trial was already closed
                 self.records[record.trial_id] = replace(record, state="FAIL",

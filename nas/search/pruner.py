@@ -57,9 +57,8 @@ class ParetoPruner(BasePruner):
         self.cost_attrs = tuple(cost_attrs)
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
-        # storage -> study id -> rung data of its trials
-        self._cache: weakref.WeakKeyDictionary[Any, dict[int, _Rungs]] = (
-            weakref.WeakKeyDictionary())
+        # study -> rung data of its trials
+        self._cache: weakref.WeakKeyDictionary[optuna.Study, _Rungs] = weakref.WeakKeyDictionary()
 
     def is_rung(self, step: int) -> bool:
         rung = self.min_resource
@@ -98,10 +97,10 @@ class ParetoPruner(BasePruner):
 
     def _state(self, study: optuna.Study) -> _Rungs:
         """The study's rung data, kept between decisions: without it every decision re-read
-        every past trial, a per-decision cost that grew with the search. Keyed by the storage
-        held weakly: a pruner outlives the studies it served (tests, notebooks), and a dead
-        storage's id may be reused by a new one."""
-        return self._cache.setdefault(study._storage, {}).setdefault(study._study_id, _Rungs())
+        every past trial, a per-decision cost that grew with the search. Keyed by the study
+        object held weakly: a pruner outlives the studies it served (tests, notebooks), and a
+        dead study's id may be reused by a new one."""
+        return self._cache.setdefault(study, _Rungs())
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_cache"}

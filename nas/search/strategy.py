@@ -9,7 +9,6 @@ import optuna
 
 from nas.search.objectives import Objective
 from nas.search.pruner import ParetoPruner
-from nas.search.tpe_sampler import make_tpe_sampler
 from search_spaces.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "qmc")
@@ -40,8 +39,8 @@ def make_sampler(name: str, *, seed: int, n_trials: int) -> optuna.samplers.Base
     startup = max(4, min(10, n_trials // 4))
     population = max(4, min(50, n_trials // 4))
     if name == "tpe":
-        # Optuna's TPE with its repeated per-ask work cached (same proposals, nas/tpe_sampler.py).
-        return make_tpe_sampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
+                                          group=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "nsga3":
