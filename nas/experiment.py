@@ -139,6 +139,11 @@ class ExperimentDir:
         return self.path / "study.journal"
 
     @property
+    def legacy_study(self) -> Path:
+        """The SQLite study of experiments made before the journal became the default."""
+        return self.path / "study.db"
+
+    @property
     def ray(self) -> Path:
         """Ray Tune's own experiment folder."""
         return self.path / "ray"
@@ -237,7 +242,9 @@ def open_storage(exp: Path, storage: str = "", *, create: bool = False) -> BaseS
     line naming it, before anything writes to it."""
     if storage:
         return _open_database(storage, create)
-    path = ExperimentDir(exp).study
+    path, legacy = ExperimentDir(exp).study, ExperimentDir(exp).legacy_study
+    if not path.is_file() and legacy.is_file():  # an experiment from before the journal default
+        return _open_database(f"sqlite:///{legacy.resolve()}", create=False)
     if not path.is_file() and not create:
         raise UserError(f"{exp} has no {path.name} (the experiment's Optuna study)")
     return _open_journal(path)

@@ -18,9 +18,9 @@ from data_fixtures import tiny_spec
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
-from nas.search.controller import CURVE_KEYS  # noqa: E402
 from trials import ray_runner  # noqa: E402
 from trials.training import load_checkpoint  # noqa: E402
+from trials.trial import EPOCH_KEYS  # noqa: E402
 from trials.trial_config import build_trial_config  # noqa: E402
 
 BASE = {"spec": tiny_spec().to_json(), "image_size": 8, "train_fraction": 0.1, "batch_size": 32,
@@ -75,8 +75,7 @@ def test_the_worker_runs_the_decided_config_and_reports_what_the_driver_reads(wo
     config = build_trial_config({**BASE, "trial_dir": str(tmp_path / "t0000")})
     reports = worker(config.to_dict())
     assert [r["epoch"] for r in reports] == [1, 2]
-    assert set(ray_runner.REPORTED_KEYS) == set(CURVE_KEYS)  # what the controller reads
-    assert all(set(r) == set(CURVE_KEYS) for r in reports)  # digits: val_top5 is there too
+    assert all(set(r) == set(EPOCH_KEYS) for r in reports)  # digits: val_top5 is there too
     state = load_checkpoint(tmp_path / "t0000")
     assert state["costs"] == config.costs and state["spec"] == config.spec.to_dict()
 
@@ -147,7 +146,7 @@ def test_trainable_in_a_real_tuner(ray_session, tmp_path: Path) -> None:
     assert ok.metrics["epoch"] == 2 and 0 <= ok.metrics["val_top1"] <= 1
     assert list(ok.metrics_dataframe["epoch"]) == [1, 2]
     reports = _reports(marker, "ok")
-    assert [r["keys"] for r in reports] == [sorted(CURVE_KEYS)] * 2  # no costs, no state
+    assert [r["keys"] for r in reports] == [sorted(EPOCH_KEYS)] * 2  # no costs, no state
     assert {r["threads"] for r in reports} == {1}  # 1 CPU per trial
     with ok.checkpoint.as_directory() as directory:
         state = load_checkpoint(directory)

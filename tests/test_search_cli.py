@@ -355,3 +355,19 @@ def test_resume_of_a_damaged_study_is_one_line_exit_2(tmp_path: Path) -> None:
     assert errors == done.stderr.splitlines()[-1:]  # Ray's start-up notes may come before it
     assert str(exp / "study.journal") in errors[0] and "Traceback" not in done.stderr
     assert _snapshot(tmp_path) == before
+
+
+def test_an_experiment_from_before_the_journal_opens_its_sqlite_study(tmp_path: Path) -> None:
+    import optuna
+
+    from nas.experiment import ExperimentDir, open_storage
+
+    legacy = ExperimentDir(tmp_path).legacy_study
+    old = optuna.create_study(storage=f"sqlite:///{legacy}", study_name="old",
+                              directions=["maximize", "minimize"])
+    old.add_trial(optuna.trial.create_trial(values=[0.5, 3.0]))
+    storage = open_storage(tmp_path)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    loaded = optuna.load_study(study_name="old", storage=storage)
+    assert [t.values for t in loaded.trials] == [[0.5, 3.0]]
+    assert not ExperimentDir(tmp_path).study.exists()

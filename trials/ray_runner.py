@@ -3,7 +3,7 @@
 Section "trial": `ray_trainable(config)`, the function trainable every search trial runs. `config`
 is a `trials.trial_config.TrialConfig` as a dict, built once by the driver; the trainable runs
 `trials.trial.Trial` on it (the same code as `python -m trials.train`), reports per epoch only what
-the driver reads (`REPORTED_KEYS`; Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and
+the driver reads (`trials.trial.EPOCH_KEYS`; Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and
 honours the CPUs and GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick
 experiments).
 
@@ -33,14 +33,12 @@ from ray.tune.search import Searcher
 from search_spaces.errors import UserError
 from trials.run_dir import RunDir
 from trials.training import TrainingFailed, load_checkpoint
-from trials.trial import Trial
+from trials.trial import EPOCH_KEYS, Trial
 from trials.trial_config import TrialConfig, build_trial_config
 
 # --- trial -------------------------------------------------------------------------------------
-# An epoch's result carries only what `nas.search.controller` reads (its CURVE_KEYS); a failed
-# trial's last result carries `failed` and `reason` instead. Ray adds its own keys (time_total_s).
-REPORTED_KEYS = ("epoch", "train_loss", "val_top1", "val_top5", "epoch_seconds", "images_per_s",
-                 "lr")
+# An epoch's result carries only `EPOCH_KEYS`, what the search driver reads; a failed trial's
+# last result carries `failed` and `reason` instead. Ray adds its own keys (time_total_s).
 
 
 def assigned_resources() -> tuple[int, str]:
@@ -57,8 +55,8 @@ def ray_trainable(config: dict[str, Any]) -> None:
 
 
 def epoch_report(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The result of one epoch: the keys of `REPORTED_KEYS` the epoch's record has."""
-    return {k: record[k] for k in REPORTED_KEYS if k in record}
+    """The result of one epoch: the keys of `EPOCH_KEYS` the epoch's record has."""
+    return {k: record[k] for k in EPOCH_KEYS if k in record}
 
 
 def failure_report(err: BaseException) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from trials.run_dir import RunDir
 from trials.training import Trainer, TrainingFailed, load_checkpoint, save_checkpoint
 from trials.trial_config import TrialConfig
 
+# What a trial reports per epoch to a search (the learning curve a TrialRecord keeps).
+EPOCH_KEYS = ("epoch", "train_loss", "val_top1", "val_top5", "epoch_seconds", "images_per_s", "lr")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

@@ -265,13 +265,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     check_satisfiable(space, config, costs)
     if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
         check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
+    # The default journal lives in the experiment directory; a database is checked before it.
+    storage = check_storage(config, exp, args.resume) if args.resume or config.storage else None
     ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
     if runtime["address"]:
         check_gpus(runtime["gpus_per_trial"], ray_runner.cluster_gpus(), runtime["address"])
     exp.mkdir(parents=True, exist_ok=True)
+    storage = storage or check_storage(config, exp, args.resume)
+    study = open_study(config, exp, objectives, args.resume, storage)
     if not args.resume:
         atomic_write_text(ExperimentDir(exp).config, config.to_json())
-    study = open_study(config, exp, objectives, resume=args.resume)
     controller = make_controller(config, exp, study, space, objectives, costs, args.resume)
     concurrency = runtime["concurrency"] or default_concurrency(
         ray_runner.available_cpus(), ray_runner.available_gpus(), runtime["cpus_per_trial"],
@@ -296,17 +299,25 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def check_storage(config: ExperimentConfig, exp: Path, resume: bool) -> Any:
+    """Open the study's storage before anything is written or Ray starts: an unreadable file or
+    database, or a new search whose study name is taken, stops here with one line."""
+    storage = open_storage(exp, config.storage, create=not resume)
+    if not resume and config.name in optuna.get_all_study_names(storage):
+        raise UserError(f"study {config.name!r} already exists in "
+                        f"{study_location(exp, config.storage)}; pass --resume")
+    return storage
+
+
 def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective, ...],
-               resume: bool) -> Any:
+               resume: bool, storage: Any = None) -> Any:
+    """The experiment's study with its seeded sampler and pruner (storage checked if not given)."""
+    storage = storage if storage is not None else check_storage(config, exp, resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A resumed search must not replay the seeded sampler's first proposals: offset the seed.
     existing = len(read_trials_csv(exp)) if resume else 0
     sampler = make_sampler(config.sampler, seed=config.seed + existing, n_trials=config.trials)
     pruner = make_pruner(config.pruner, objectives, epochs=config.epochs)
-    storage = open_storage(exp, config.storage, create=True)
-    if not resume and config.name in optuna.get_all_study_names(storage):
-        raise UserError(f"study {config.name!r} already exists in "
-                        f"{study_location(exp, config.storage)}; pass --resume")
     return optuna.create_study(
         storage=storage, study_name=config.name, sampler=sampler, pruner=pruner,
         directions=[o.direction for o in objectives], load_if_exists=resume,

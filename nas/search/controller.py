@@ -30,10 +30,10 @@ from nas.search.strategy import record_violations
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
+from trials.trial import EPOCH_KEYS
 
 # Constraint flag -> cost column it bounds.
 CONSTRAINT_COLUMNS = {"max_macs": "macs", "max_params": "params", "max_latency_ms": "latency_ms"}
-CURVE_KEYS = ("epoch", "train_loss", "val_top1", "val_top5", "epoch_seconds", "images_per_s", "lr")
 MAX_INFEASIBLE_IN_A_ROW = 500
 
 CostFn = Callable[[ArchSpec], dict[str, float]]
@@ -183,7 +183,7 @@ class SearchController:
         trial = self.live.get(trial_id)
         if record is None or trial is None or "epoch" not in result or result.get("failed"):
             return None
-        epoch = {k: result[k] for k in CURVE_KEYS if result.get(k) is not None}
+        epoch = {k: result[k] for k in EPOCH_KEYS if result.get(k) is not None}
         if epoch in record.curve:  # passed again (a trial's last result): already recorded
             return int(epoch["epoch"])
         reported = {e["epoch"] for e in record.curve}
