@@ -31,7 +31,8 @@ def as_objectives(objectives: ObjectivesLike) -> tuple[Objective, ...]:
 
 
 def completed(df: pd.DataFrame, objectives: ObjectivesLike) -> pd.DataFrame:
-    """COMPLETE trials with a value for every objective; an objective nobody measured is an error."""
+    """COMPLETE trials with a value for every objective; an objective nobody measured is an
+    error."""
     objs = as_objectives(objectives)
     done = df[df["state"] == "COMPLETE"]
     for o in objs:

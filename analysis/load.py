@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from nas.experiment import (
+    COST_KEYS,
     CSV_COLUMNS,
     ExperimentConfig,
     ExperimentDir,
@@ -97,12 +98,11 @@ def load(experiments: ExpPath | Sequence[ExpPath]) -> pd.DataFrame:
         try:
             records = read_trials_csv(exp)
         except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{exp / 'trials.csv'} is malformed: {err}") from None
+            raise UserError(f"{ExperimentDir(exp).trials_csv} is malformed: {err}") from None
         rows.extend(_row(r, label, exp, config.seed_points) for r in records)
     columns = [*CSV_COLUMNS, "seed_point", "experiment", "experiment_path"]
     df = pd.DataFrame(rows, columns=None if rows else columns)
-    for name in ("params", "macs", "latency_ms", "peak_memory_bytes", "accuracy",
-                 "best_accuracy", "seconds"):
+    for name in (*COST_KEYS, "accuracy", "best_accuracy", "seconds"):
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
     return df.reset_index(drop=True)
 

@@ -2,9 +2,9 @@
 
 PNG (matplotlib): every trial faded, each experiment's front as a step line, the cost axis on a log
 scale (costs of searched networks span orders of magnitude), named seed points labelled, and the
-hypervolume history beside it. HTML (plotly): the same scatter, where hovering a point shows its spec
-and learning curve. With more than two objectives the plots show accuracy against the first cost;
-the step line is then the front of that pair.
+hypervolume history beside it. HTML (plotly): the same scatter, where hovering a point shows its
+spec and learning curve. With more than two objectives the plots show accuracy against the first
+cost; the step line is then the front of that pair.
 """
 
 from __future__ import annotations
@@ -131,10 +131,12 @@ def front_html(df: pd.DataFrame, objectives: ObjectivesLike) -> go.Figure:
         front = pareto_front(completed(group, [y, x]), [y, x])
         fig.add_trace(go.Scatter(
             x=front[x.column], y=front[y.column], mode="lines+markers", line_shape="hv",
-            name=f"{name}: front", hovertext=[_hover(r) for _, r in front.iterrows()], hoverinfo="text",
+            name=f"{name}: front", hovertext=[_hover(r) for _, r in front.iterrows()],
+            hoverinfo="text",
         ))
-    fig.update_layout(xaxis_title=LABELS.get(x.name, x.name), yaxis_title=LABELS.get(y.name, y.name),
-                      xaxis_type="log", title=f"{y.name} vs {x.name}", hoverlabel={"align": "left"})
+    fig.update_layout(xaxis_title=LABELS.get(x.name, x.name),
+                      yaxis_title=LABELS.get(y.name, y.name), xaxis_type="log",
+                      title=f"{y.name} vs {x.name}", hoverlabel={"align": "left"})
     return fig
 
 

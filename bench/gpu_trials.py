@@ -2,14 +2,14 @@
 
 How many small candidates should share a GPU? A search with `--gpus-per-trial 1/k` has Ray
 start k trial processes on one GPU; Ray only sets `CUDA_VISIBLE_DEVICES`, each process then runs
-`trials.trial.Trial` like any other. This script
-does exactly that without Ray (so it runs where Ray is not installed): a pool of persistent
-worker processes, each with its own CUDA context and `--threads` torch threads; for each
-candidate and each k, k workers build the same trial (different training seeds), report ready,
-and start together. Images/s per trial is the trainer's own `images_per_s` (training loop only),
-median over epochs >= 2 (the first includes kernel selection). Aggregate = sum over the k
-trials. GPU utilisation is NVML's "a kernel was running" share, sampled every 50 ms while the
-trials train, and the mean is reported (n/a without NVML).
+`trials.trial.Trial` like any other. This script does exactly that without Ray (so it runs where
+Ray is not installed): a pool of persistent worker processes, each with its own CUDA context and
+`--threads` torch threads; for each candidate and each k, k workers build the same trial
+(different training seeds), report ready, and start together. Images/s per trial is the
+trainer's own `images_per_s` (training loop only), median over epochs >= 2 (the first includes
+kernel selection). Aggregate = sum over the k trials. GPU utilisation is NVML's "a kernel was
+running" share, sampled every 50 ms while the trials train, and the mean is reported (n/a
+without NVML).
 
 `--formats` adds the memory-format comparison: the same candidates at k = 1, channels_last
 against NCHW (both bf16 autocast), alternating the order each repeat.

@@ -104,7 +104,8 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
         pruner=make_pruner(pruner, objectives, epochs=args.epochs, **extra),
     )
 
-    def trial_config(trial_id: str, spec: Any, resume_from: str | None) -> dict[str, Any]:
+    def trial_config(trial_id: str, spec: Any, costs: Any,
+                     resume_from: str | None) -> dict[str, Any]:
         return {"spec": spec.to_dict(), "data": "digits", "image_size": args.image_size,
                 "epochs": args.epochs, "seed": seed, "train_fraction": args.train_fraction,
                 **config.train}
@@ -156,7 +157,7 @@ def _summary(r: Any) -> dict[str, Any]:
 
 def macs_range(image_size: int) -> tuple[float, float]:
     """(smallest, largest) MACs of the small resnest space at `image_size`: the cheapest corners
-    (`nas.search.corner_specs`) and every valid all-largest corner."""
+    (`nas.search.anchor.corner_specs`) and every valid all-largest corner."""
     space = get_space("resnest")
     p = space.preset
     config = ExperimentConfig(name="x", space="resnest", preset="small", data="digits",

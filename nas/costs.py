@@ -30,7 +30,8 @@ def _format(record: CostRecord) -> str:
 def run(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m nas.costs", description="Costs of an architecture.")
     p.add_argument("arch", help="named point, spec JSON file, or JSON text")
-    p.add_argument("--image-size", type=int, default=None, help="input side (default: 224, small: 32)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side (default: 224, small: 32)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--no-latency", action="store_true", help="static costs only (no timing)")

@@ -28,8 +28,7 @@ STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE", "RUNNING")
 COST_KEYS = ("params", "macs", "latency_ms", "peak_memory_bytes")
 CSV_COLUMNS = (
     "trial_id", "number", "state", "reason", "tag", "spec_hash", "spec",
-    "params", "macs", "latency_ms", "peak_memory_bytes", "accuracy", "best_accuracy", "epochs",
-    "seconds", "checkpoint", "curve",
+    *COST_KEYS, "accuracy", "best_accuracy", "epochs", "seconds", "checkpoint", "curve",
 )
 
 
@@ -211,7 +210,8 @@ def prepare_directory(out: Path, name: str, resume: bool) -> Path:
         return exp
     if exp.exists():
         raise UserError(
-            f"experiment {exp} already exists; pass --resume to continue it or choose another --name"
+            f"experiment {exp} already exists; "
+            "pass --resume to continue it or choose another --name"
         )
     probe = out
     while not probe.exists():
@@ -280,11 +280,10 @@ def _ends_with_a_record(data: bytes) -> bool:
 
 
 def _open_database(url: str, create: bool) -> BaseStorage:
-    """An RDB storage. An existing SQLite file is read before anything writes to it (Optuna's
-    tables, the WAL mode below), so a foreign one is refused unchanged. SQLite opens in WAL mode
-    with synchronous=NORMAL: a default SQLite commit waits for an fsync and the search commits a
-    few dozen times per trial; committed trials still survive a crash of the driver, an OS
-    crash may lose the last few."""
+    """An RDB storage. An existing SQLite file is read before anything writes to it, so a
+    foreign one is refused unchanged. SQLite opens in WAL mode with synchronous=NORMAL so the
+    search's many commits per trial do not each wait for an fsync; committed trials survive a
+    driver crash, an OS crash may lose the last few."""
     import optuna
 
     path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
@@ -334,8 +333,8 @@ def _csv_line(record: TrialRecord) -> str:
 
 def write_trials_csv(exp: Path, records: list[TrialRecord], cache: CsvCache | None = None) -> None:
     """Rewrite trials.csv atomically. With `cache` (trial id -> (record, its line)), only records
-    that changed since the last call are formatted again: a search rewrites the file twice per
-    trial, and re-serialising every spec and curve each time grows with the square of the trials."""
+    that changed since the last call are formatted again: the search rewrites the file on every
+    state change and need not re-serialise every spec and curve each time."""
     cache = {} if cache is None else cache
     lines = []
     for r in sorted(records, key=lambda r: r.number):

@@ -15,5 +15,6 @@ from search_spaces.spec import ArchSpec, StageSpec
 
 __all__ = [
     "ArchSpec", "StageSpec", "ResNeStSpace", "SpacePreset", "SpecError", "UserError",
-    "get_space", "list_distinct_spaces", "list_named_points", "list_presets", "list_spaces", "named_point", "resolve_spec",
+    "get_space", "list_distinct_spaces", "list_named_points", "list_presets", "list_spaces",
+    "named_point", "resolve_spec",
 ]

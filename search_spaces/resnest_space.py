@@ -30,7 +30,8 @@ class TrialLike(Protocol):
 
 @dataclass(frozen=True)
 class SpacePreset:
-    """Bounds of the space. Each axis is a tuple of allowed values; depths are (low, high) per stage."""
+    """Bounds of the space: each axis is a tuple of allowed values, depths a (low, high) per
+    stage."""
 
     name: str
     stage_depths: tuple[tuple[int, int], ...]
@@ -58,10 +59,13 @@ class SpacePreset:
         for i, (low, high) in enumerate(self.stage_depths):
             if not 1 <= low <= high:
                 raise UserError(
-                    f"space preset {self.name!r}: stage_depths[{i}]=({low}, {high}) needs 1 <= low <= high"
+                    f"space preset {self.name!r}: stage_depths[{i}]=({low}, {high}) "
+                    "needs 1 <= low <= high"
                 )
         if self.input_regime not in INPUT_REGIMES:
-            raise UserError(f"space preset {self.name!r}: input_regime must be one of {INPUT_REGIMES}")
+            raise UserError(
+                f"space preset {self.name!r}: input_regime must be one of {INPUT_REGIMES}"
+            )
         if bad := [s for s in self.stem if s not in STEMS]:
             raise UserError(f"space preset {self.name!r}: unknown stem {bad[0]!r}; valid: {STEMS}")
         if bad := [w for w in self.attn_min_width if w % 8]:

@@ -22,7 +22,7 @@ EXPANSION = 4
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round `value` to a multiple of `divisor` (never more than 10% down), as timm sizes attention."""
+    """Round `value` to a multiple of `divisor`, never more than 10% down (timm's rule)."""
     min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * value:
@@ -65,7 +65,8 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A whole network: stages plus the global choices (stem, shortcut, avd, attention, head, input)."""
+    """A whole network: stages plus the global choices (stem, shortcut, avd, attention, head,
+    input)."""
 
     stages: tuple[StageSpec, ...]
     stem: str = "deep"
@@ -157,7 +158,7 @@ class ArchSpec:
         return int(self.stage_planes(index) * stage.width / 64) * stage.cardinality
 
     def attention_width(self, index: int) -> int:
-        """Hidden width of the attention MLP of stage `index` (timm's rounding to multiples of 8)."""
+        """Hidden width of the attention MLP of stage `index` (timm rounds it to multiples of 8)."""
         stage = self.stages[index]
         return make_divisible(
             self.group_width(index) * max(stage.radix, 1) / self.attn_reduction,
@@ -257,7 +258,8 @@ class ArchSpec:
         data.update(changes)
         if "stages" in changes:
             data["stages"] = [
-                s if isinstance(s, dict) else {f.name: getattr(s, f.name) for f in fields(StageSpec)}
+                s if isinstance(s, dict)
+                else {f.name: getattr(s, f.name) for f in fields(StageSpec)}
                 for s in changes["stages"]
             ]
         return ArchSpec.from_dict(data)
@@ -266,13 +268,18 @@ class ArchSpec:
 def _check_keys(owner: str, data: dict, allowed: set[str], required: set[str]) -> None:
     extra = sorted(set(data) - allowed)
     if extra:
-        raise SpecError(f"{owner} has unknown field(s) {', '.join(extra)}; valid: {', '.join(sorted(allowed))}")
+        raise SpecError(
+            f"{owner} has unknown field(s) {', '.join(extra)}; "
+            f"valid: {', '.join(sorted(allowed))}"
+        )
     missing = sorted(required - set(data))
     if missing:
         raise SpecError(f"{owner} is missing field(s) {', '.join(missing)}")
 
 
-def uniform_stages(depths: tuple[int, ...], radix: int, cardinality: int, width: int) -> tuple[StageSpec, ...]:
+def uniform_stages(
+    depths: tuple[int, ...], radix: int, cardinality: int, width: int
+) -> tuple[StageSpec, ...]:
     """Stages that share one block type, as every published ResNeSt does."""
     return tuple(StageSpec(d, radix, cardinality, width) for d in depths)
 

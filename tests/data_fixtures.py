@@ -36,7 +36,8 @@ def write_cifar10(root: Path, per_batch: int = 20, test: int = 20, seed: int = 0
     """data_batch_1..5, test_batch, batches.meta with bytes keys, as the official archive."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    for i, (name, n) in enumerate([(f"data_batch_{b}", per_batch) for b in range(1, 6)] + [("test_batch", test)]):
+    batches = [(f"data_batch_{b}", per_batch) for b in range(1, 6)] + [("test_batch", test)]
+    for i, (name, n) in enumerate(batches):
         labels = np.arange(n) % 10
         _dump(root / name, {b"batch_label": f"batch {i}".encode(), b"labels": labels.tolist(),
                             b"data": cifar_rows(rng, labels),
@@ -55,7 +56,8 @@ def write_cifar100(root: Path, train: int = 200, test: int = 100, seed: int = 0)
     for name, n in (("train", train), ("test", test)):
         labels = np.arange(n) % 100
         _dump(root / name, {b"filenames": [b"x.png"] * n, b"batch_label": name.encode(),
-                            b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(),
+                            b"fine_labels": labels.tolist(),
+                            b"coarse_labels": (labels // 5).tolist(),
                             b"data": cifar_rows(rng, labels % 10)})
     _dump(root / "meta", {b"fine_label_names": [f"class{i}".encode() for i in range(100)],
                           b"coarse_label_names": [f"super{i}".encode() for i in range(20)]})

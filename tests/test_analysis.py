@@ -57,7 +57,9 @@ def brute_force_front(values: np.ndarray) -> set[int]:
 
 
 # Loading ----------------------------------------------------------------------------------------
-def test_load_gives_one_row_per_trial_with_flat_spec(df: pd.DataFrame, small_experiment: Path) -> None:
+def test_load_gives_one_row_per_trial_with_flat_spec(
+    df: pd.DataFrame, small_experiment: Path
+) -> None:
     csv = pd.read_csv(small_experiment / "trials.csv")
     assert list(df["trial_id"]) == list(csv["trial_id"])
     for trial_id, state in STATES.items():
@@ -131,7 +133,7 @@ def test_objective_without_values_is_a_user_error(df: pd.DataFrame) -> None:
         fr.pareto_front(df, "accuracy,latency")
 
 
-# Hypervolume and knee ------------------------------------------------------------------------------
+# Hypervolume and knee ---------------------------------------------------------------------------
 def test_hypervolume_with_stated_and_default_reference() -> None:
     data = synthetic([(0.5, 50.0), (0.8, 100.0), (0.4, 120.0)])
     # Box from (accuracy 0, macs 200) to the ideal (1, 0); dominated area 0.5*50 + 0.8*100.
@@ -164,7 +166,7 @@ def test_knee_is_the_member_farthest_from_the_extremes_line() -> None:
         fr.knee(pair.iloc[:0], "accuracy,macs")
 
 
-# Importances ---------------------------------------------------------------------------------------
+# Importances ------------------------------------------------------------------------------------
 def test_param_importances_per_objective(small_experiment: Path) -> None:
     from analysis.importance import param_importances
 
@@ -213,7 +215,7 @@ def test_html_hover_shows_spec_and_curve(df: pd.DataFrame, tmp_path: Path) -> No
     assert "plotly" in html and "t0001" in html
 
 
-# CLI -----------------------------------------------------------------------------------------------
+# CLI --------------------------------------------------------------------------------------------
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         code = pareto_main([str(a) for a in args])

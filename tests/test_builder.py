@@ -46,7 +46,8 @@ def _randomize_bn(model: torch.nn.Module, seed: int = 1) -> None:
             n = m.num_features
             m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) * (0.3 if last else 1.0) + (0 if last else 0.5))
+            scale, shift = (0.3, 0) if last else (1.0, 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) * scale + shift)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
@@ -133,17 +134,21 @@ def _naive_split_attention(m: SplitAttention, x: torch.Tensor) -> torch.Tensor:
     ck = c // k_count
     out = torch.zeros_like(splits[0])
     for k in range(k_count):
-        block = [logits[:, (k * r_count + r) * ck:(k * r_count + r + 1) * ck] for r in range(r_count)]
-        weights = torch.softmax(torch.stack(block), 0) if r_count > 1 else torch.sigmoid(torch.stack(block))
+        block = torch.stack([logits[:, (k * r_count + r) * ck:(k * r_count + r + 1) * ck]
+                             for r in range(r_count)])
+        weights = torch.softmax(block, 0) if r_count > 1 else torch.sigmoid(block)
         for r in range(r_count):
-            out[:, k * ck:(k + 1) * ck] += weights[r][:, :, None, None] * splits[r][:, k * ck:(k + 1) * ck]
+            part = splits[r][:, k * ck:(k + 1) * ck]
+            out[:, k * ck:(k + 1) * ck] += weights[r][:, :, None, None] * part
     return out
 
 
 @pytest.mark.parametrize("radix,cardinality,channels", [
     (1, 1, 32), (1, 4, 32), (2, 1, 32), (2, 2, 32), (3, 2, 48), (4, 2, 32), (4, 4, 64),
 ])
-def test_split_attention_matches_naive_reference(radix: int, cardinality: int, channels: int) -> None:
+def test_split_attention_matches_naive_reference(
+    radix: int, cardinality: int, channels: int
+) -> None:
     torch.manual_seed(radix * 10 + cardinality)
     m = SplitAttention(channels, 16, radix, cardinality).eval()
     _randomize_bn(m)
@@ -163,11 +168,15 @@ def test_split_attention_rejects_bad_sizes() -> None:
 def _ref_params(spec: ArchSpec, num_classes: int) -> int:
     """Parameter count from the reference's layer list (independent of the builder's code)."""
     w, cin = spec.stem_width, spec.in_channels
-    total = cin * w * 9 + 2 * w + w * w * 9 + 2 * w + w * 2 * w * 9 if spec.stem == "deep" else cin * w * 49
+    if spec.stem == "deep":
+        total = cin * w * 9 + 2 * w + w * w * 9 + 2 * w + w * 2 * w * 9
+    else:
+        total = cin * w * 49
     total += 2 * spec.stem_out_channels
     inp = spec.stem_out_channels
     for i, stage in enumerate(spec.stages):
-        gw, out, r, k = spec.group_width(i), spec.stage_planes(i) * 4, stage.radix, stage.cardinality
+        gw, out = spec.group_width(i), spec.stage_planes(i) * 4
+        r, k = stage.radix, stage.cardinality
         for j in range(stage.depth):
             total += inp * gw + 2 * gw + gw * gw * 9 // k + gw * out + 2 * out
             if r == 0:
@@ -217,7 +226,8 @@ def test_named_point_parameter_counts(name: str) -> None:
 @pytest.mark.parametrize("space_name", SPACES)
 def test_space_samples_are_all_buildable(space_name: str) -> None:
     _, bad = _valid_samples(space_name, SAMPLES_PER_SPACE)
-    assert not bad, f"{len(bad)} of {SAMPLES_PER_SPACE} samples unbuildable, e.g. {bad[0].to_json()}"
+    assert not bad, (f"{len(bad)} of {SAMPLES_PER_SPACE} samples unbuildable, "
+                     f"e.g. {bad[0].to_json()}")
 
 
 def test_unbuildable_spec_is_refused_at_construction() -> None:
@@ -232,7 +242,8 @@ def test_avd_placement_and_strides() -> None:
     blocks = [b for b in model.modules() if isinstance(b, Bottleneck)]
     pools = [(type(b.avd_first).__name__, type(b.avd_last).__name__) for b in blocks]
     # Stage 1 (stride 1) never pools; later stages pool only in their first block, before conv2.
-    assert pools == [("Identity", "Identity")] * 2 + [("AvgPool2d", "Identity"), ("Identity", "Identity")] * 2
+    assert pools == ([("Identity", "Identity")] * 2
+                     + [("AvgPool2d", "Identity"), ("Identity", "Identity")] * 2)
     assert all(b.conv2.conv.stride == (1, 1) for b in blocks)  # avd replaces the conv stride
     last = build_model(spec.replace(avd_first=False))
     assert isinstance(last.layer2[0].avd_last, torch.nn.AvgPool2d)
@@ -270,7 +281,8 @@ def test_head_dropout_num_classes_and_purity() -> None:
     assert a.spec is spec and b.spec == spec
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k  # same seed, same weights: a pure function of the spec
-    assert all(float(blk.bn3.weight.detach().abs().sum()) == 0 for blk in a.modules() if isinstance(blk, Bottleneck))
+    assert all(float(blk.bn3.weight.detach().abs().sum()) == 0
+               for blk in a.modules() if isinstance(blk, Bottleneck))
 
 
 def test_batch_size_one() -> None:
@@ -291,8 +303,8 @@ def _check_train_step(model: ResNeSt, x: torch.Tensor, num_classes: int) -> None
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.conv1[0].weight.grad.abs().sum() > 0 if isinstance(model.conv1, torch.nn.Sequential) \
-        else model.conv1.weight.grad.abs().sum() > 0
+    first = model.conv1[0] if isinstance(model.conv1, torch.nn.Sequential) else model.conv1
+    assert first.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", list_named_points())

@@ -140,7 +140,8 @@ def _private_uses(path: Path, library: str) -> list[int]:
     """Lines importing or reaching a `_private` name of `library` (or an Optuna object's)."""
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == library:
+        if (isinstance(node, ast.ImportFrom) and node.module
+                and node.module.split(".")[0] == library):
             names = node.module.split(".") + [a.name for a in node.names]
             if any(n.startswith("_") and n != "__future__" for n in names):
                 lines.append(node.lineno)

@@ -53,7 +53,7 @@ def _controller(tmp_path: Path, pruner_name: str, objectives: str = "accuracy,ma
         study_name="t",
     )
     return SearchController(config, tmp_path, study, get_space("resnest"), objs, _fake_costs,
-                            lambda tid, spec, resume: {"trial_id": tid}, log=lambda _: None)
+                            lambda tid, spec, costs, resume: {"trial_id": tid}, log=lambda _: None)
 
 
 def _learning_curve(macs: float, epoch: int) -> float:
@@ -203,7 +203,8 @@ def _promotion_by_definition(values: np.ndarray, maximize: list[bool], k: int) -
 
 def test_top_k_with_ties_matches_its_definition() -> None:
     """`top_k_with_ties` sorts only the fronts it needs and computes crowding for one; on random
-    rows (ties, duplicates, -inf accuracies, 1-3 objectives) it promotes what the definition does."""
+    rows (ties, duplicates, -inf accuracies, 1-3 objectives) it promotes what the definition
+    does."""
     rng = np.random.default_rng(0)
     for case in range(2000):
         n, m = int(rng.integers(1, 40)), int(rng.integers(1, 4))

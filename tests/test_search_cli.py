@@ -55,7 +55,8 @@ BAD = [
     (["--max-macs", "1000"], "--max-macs 1000 is unsatisfiable: the cheapest architecture"),
     (["--max-params", "100"], "--max-params 100 is unsatisfiable"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),
-    (["--gpus-per-trial", "1000"], "--gpus-per-trial 1000 asks for more GPUs per trial than this machine has"),
+    (["--gpus-per-trial", "1000"],
+     "--gpus-per-trial 1000 asks for more GPUs per trial than this machine has"),
 ]
 
 
@@ -101,7 +102,8 @@ def test_cli_module_exits_2_without_traceback(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("per_trial", "available", "address", "outcome"), [
     (0.5, 0, None, "error"),  # local: Tune would wait for a GPU until the budget ran out
     (2, 1, None, "error"),
-    (0.5, 0, "auto", "note: --gpus-per-trial 0.5 asks for more GPUs per trial than the Ray cluster"),
+    (0.5, 0, "auto",
+     "note: --gpus-per-trial 0.5 asks for more GPUs per trial than the Ray cluster"),
     (0, 2, None, "note: Ray sees 2 GPU(s) but --gpus-per-trial is 0"),
     (0.25, 1, None, ""),
     (0, 0, None, ""),
@@ -138,7 +140,8 @@ def test_default_concurrency_counts_gpus(cpus: float, gpus: float, cpus_per_tria
     assert default_concurrency(cpus, gpus, cpus_per_trial, gpus_per_trial) == expected
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400)])
+@pytest.mark.parametrize(("text", "seconds"),
+                         [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400)])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
     with pytest.raises(UserError):

@@ -80,14 +80,21 @@ BASE = ss.named_point("resnest14d").to_dict()
         ({"stages": []}, "stages must be a non-empty list"),
         ({"stages": "abc"}, "spec.stages must be a list"),
         ({"bogus": 1}, "spec has unknown field(s) bogus"),
-        ({"stages": [{"depth": 1, "radix": 2, "cardinality": 1}]}, "stages[0] is missing field(s) width"),
-        ({"stages": [{"depth": 0, "radix": 2, "cardinality": 1, "width": 64}]}, "stages[0].depth must be >= 1"),
-        ({"stages": [{"depth": 1, "radix": -1, "cardinality": 1, "width": 64}]}, "stages[0].radix must be >= 0"),
-        ({"stages": [{"depth": 1, "radix": 2, "cardinality": 1, "width": 64, "x": 1}]}, "stages[0] has unknown field(s) x"),
+        ({"stages": [{"depth": 1, "radix": 2, "cardinality": 1}]},
+         "stages[0] is missing field(s) width"),
+        ({"stages": [{"depth": 0, "radix": 2, "cardinality": 1, "width": 64}]},
+         "stages[0].depth must be >= 1"),
+        ({"stages": [{"depth": 1, "radix": -1, "cardinality": 1, "width": 64}]},
+         "stages[0].radix must be >= 0"),
+        ({"stages": [{"depth": 1, "radix": 2, "cardinality": 1, "width": 64, "x": 1}]},
+         "stages[0] has unknown field(s) x"),
         # attention width 32 is not divisible by cardinality 64
-        ({"stages": [{"depth": 1, "radix": 1, "cardinality": 64, "width": 1}]}, "stages[0].cardinality=64 must divide the attention width"),
-        ({"base_planes": 16, "stages": [{"depth": 1, "radix": 2, "cardinality": 1, "width": 2}]}, "stages[0].width=2 gives zero channels"),
-        ({"base_planes": 16, "stages": [{"depth": 1, "radix": 4, "cardinality": 1, "width": 8}]}, "stages[0]: radix 4 x cardinality 1 = 4 must divide the group width 2"),
+        ({"stages": [{"depth": 1, "radix": 1, "cardinality": 64, "width": 1}]},
+         "stages[0].cardinality=64 must divide the attention width"),
+        ({"base_planes": 16, "stages": [{"depth": 1, "radix": 2, "cardinality": 1, "width": 2}]},
+         "stages[0].width=2 gives zero channels"),
+        ({"base_planes": 16, "stages": [{"depth": 1, "radix": 4, "cardinality": 1, "width": 8}]},
+         "stages[0]: radix 4 x cardinality 1 = 4 must divide the group width 2"),
     ],
 )
 def test_validation_names_field_and_rule(change: dict, message: str) -> None:
@@ -99,7 +106,8 @@ def test_validation_names_field_and_rule(change: dict, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["not json", "[1, 2]", "{}", '{"stages": [1]}'], ids=["garbage", "list", "empty", "int-stage"]
+    "text", ["not json", "[1, 2]", "{}", '{"stages": [1]}'],
+    ids=["garbage", "list", "empty", "int-stage"],
 )
 def test_malformed_json_is_a_spec_error(text: str) -> None:
     with pytest.raises(ss.SpecError):

@@ -36,22 +36,28 @@ def spec_file(tmp_path: Path) -> Path:
 
 def _untimed(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_s")} for r in rows]
+    timed = ("epoch_seconds", "images_per_s")
+    return [{k: v for k, v in r.items() if k not in timed} for r in rows]
 
 
-def test_trains_writes_outputs_and_resumes_identically(tmp_path: Path, spec_file: Path, capsys, monkeypatch) -> None:
+def test_trains_writes_outputs_and_resumes_identically(
+    tmp_path: Path, spec_file: Path, capsys, monkeypatch
+) -> None:
     straight = tmp_path / "straight"
     assert cli.main(["--arch", str(spec_file), "--epochs", "2", "--out", str(straight), *FAST]) == 0
     out = capsys.readouterr().out
     assert "test top-1" in out and str(straight) in out
-    assert {p.name for p in straight.iterdir()} >= {"spec.json", "checkpoint.pt", "metrics.jsonl", "result.json"}
+    assert {p.name for p in straight.iterdir()} >= {
+        "spec.json", "checkpoint.pt", "metrics.jsonl", "result.json"
+    }
     result = json.loads((straight / "result.json").read_text())
     assert result["epochs"] == 2 and result["state"] == "COMPLETE" and result["seconds"] > 0
     assert 0 <= result["val_top1"] <= 1 and 0 <= result["test_top1"] <= 1 and result["params"] > 0
     assert f"{result['test_top1']:.2%}" in out
     assert ArchSpec.from_json((straight / "spec.json").read_text()) == tiny_spec()
     curve = _untimed(straight / "metrics.jsonl")
-    assert [r["epoch"] for r in curve] == [1, 2] and "val_top1" in curve[0] and "train_loss" in curve[0]
+    assert ([r["epoch"] for r in curve] == [1, 2] and "val_top1" in curve[0]
+            and "train_loss" in curve[0])
 
     # Interrupt in epoch 2, then --resume: continues at epoch 2 and matches the straight run.
     resumed = tmp_path / "resumed"
@@ -63,7 +69,8 @@ def test_trains_writes_outputs_and_resumes_identically(tmp_path: Path, spec_file
         return real(self)
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupt_in_epoch_2)
-    assert cli.main(["--arch", str(spec_file), "--epochs", "2", "--out", str(resumed), *FAST]) == 130
+    argv = ["--arch", str(spec_file), "--epochs", "2", "--out", str(resumed), *FAST]
+    assert cli.main(argv) == 130
     assert "--resume" in capsys.readouterr().err
     monkeypatch.setattr(Trainer, "train_epoch", real)
     assert [r["epoch"] for r in _untimed(resumed / "metrics.jsonl")] == [1]
@@ -75,8 +82,8 @@ def test_trains_writes_outputs_and_resumes_identically(tmp_path: Path, spec_file
 def test_named_template_adapts_to_cifar_channels(tmp_path: Path, capsys) -> None:
     root = write_cifar10(tmp_path / "c10", per_batch=8, test=10)
     out = tmp_path / "run"
-    argv = ["--arch", "resnest:17", "--data", f"cifar10:{root}", "--image-size", "8", "--epochs", "1",
-            "--batch-size", "16", "--out", str(out), "--quiet", "--threads", "1"]
+    argv = ["--arch", "resnest:17", "--data", f"cifar10:{root}", "--image-size", "8",
+            "--epochs", "1", "--batch-size", "16", "--out", str(out), "--quiet", "--threads", "1"]
     assert cli.main(argv) == 0
     spec = ArchSpec.from_json((out / "spec.json").read_text())
     assert (spec.in_channels, spec.num_classes) == (3, 10)
@@ -94,15 +101,19 @@ def test_non_finite_loss_exits_1_with_reason(tmp_path: Path, spec_file: Path, ca
 
 def _bad(tmp_path: Path, spec_file: Path, case: str) -> tuple[list[str], str]:
     """argv and the expected fragment of the one error line, per bad-input case."""
-    run = ["--arch", str(spec_file), "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet", "--threads", "1"]
+    run = ["--arch", str(spec_file), "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet",
+           "--threads", "1"]
     if case == "missing path":
-        return [*run, "--data", f"cifar10:{tmp_path / 'nope'}"], f"data path {tmp_path / 'nope'} does not exist"
+        return ([*run, "--data", f"cifar10:{tmp_path / 'nope'}"],
+                f"data path {tmp_path / 'nope'} does not exist")
     if case == "cifar layout":
         (tmp_path / "empty").mkdir()
-        return [*run, "--data", f"cifar10:{tmp_path / 'empty'}"], "is not a cifar10 python directory: missing data_batch_1"
+        return ([*run, "--data", f"cifar10:{tmp_path / 'empty'}"],
+                "is not a cifar10 python directory: missing data_batch_1")
     if case == "folder layout":
         (tmp_path / "flat").mkdir()
-        return [*run, "--data", f"folder:{tmp_path / 'flat'}"], "has no train/ directory; expected train/<class>/<image>"
+        return ([*run, "--data", f"folder:{tmp_path / 'flat'}"],
+                "has no train/ directory; expected train/<class>/<image>")
     if case == "corrupt pickle":
         root = write_cifar10(tmp_path / "c10", per_batch=4, test=4)
         (root / "data_batch_5").write_bytes(b"garbage")
@@ -117,40 +128,48 @@ def _bad(tmp_path: Path, spec_file: Path, case: str) -> tuple[list[str], str]:
     if case == "class mismatch":
         path = tmp_path / "five.json"
         path.write_text(tiny_spec(num_classes=5).to_json())
-        return ["--arch", str(path), *run[2:], "--image-size", "8"], "has num_classes=5 but data digits needs num_classes=10"
+        return (["--arch", str(path), *run[2:], "--image-size", "8"],
+                "has num_classes=5 but data digits needs num_classes=10")
     if case == "image too small":
         return [*run, "--image-size", "4"], "image size 4 is too small"
     if case == "unknown arch":
         return ["--arch", "resnest999", *run[2:]], "unknown named point 'resnest999'"
     if case == "missing spec file":
-        return ["--arch", str(tmp_path / "no.json"), *run[2:]], f"spec file {tmp_path / 'no.json'} does not exist"
+        return (["--arch", str(tmp_path / "no.json"), *run[2:]],
+                f"spec file {tmp_path / 'no.json'} does not exist")
     if case == "unknown data":
         return [*run, "--data", "mnist"], "unknown data 'mnist'"
     if case == "no arch":
         return run[2:], "--arch is required"
     if case == "out is a file":
         (tmp_path / "file").write_text("x")
-        return [*run[:-5], "--out", str(tmp_path / "file" / "sub"), "--quiet", "--image-size", "8"], "cannot write output directory"
+        out = str(tmp_path / "file" / "sub")
+        return ([*run[:-5], "--out", out, "--quiet", "--image-size", "8"],
+                "cannot write output directory")
     if case == "batch of one":
         return [*run, "--batch-size", "1"], "batch_size must be >= 2"
     if case == "train fraction":
         return [*run, "--train-fraction", "0"], "train fraction must be in (0, 1]"
     if case == "resume without run":
-        return ["--resume", "--out", str(tmp_path)], f"--resume: {tmp_path} holds no checkpoint.pt"
+        return (["--resume", "--out", str(tmp_path)],
+                f"--resume: {tmp_path} holds no checkpoint.pt")
     if case == "corrupt checkpoint":
         (tmp_path / "checkpoint.pt").write_bytes(b"junk")
-        return ["--resume", "--out", str(tmp_path)], f"{tmp_path / 'checkpoint.pt'} is not a readable checkpoint"
+        return (["--resume", "--out", str(tmp_path)],
+                f"{tmp_path / 'checkpoint.pt'} is not a readable checkpoint")
     raise AssertionError(case)
 
 
 BAD_CASES = ["missing path", "cifar layout", "folder layout", "corrupt pickle", "unreadable image",
-             "class mismatch", "image too small", "unknown arch", "missing spec file", "unknown data",
-             "no arch", "out is a file", "batch of one", "train fraction", "resume without run",
-             "corrupt checkpoint"]
+             "class mismatch", "image too small", "unknown arch", "missing spec file",
+             "unknown data", "no arch", "out is a file", "batch of one", "train fraction",
+             "resume without run", "corrupt checkpoint"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_is_one_error_line_exit_2(tmp_path: Path, spec_file: Path, case: str, capsys) -> None:
+def test_bad_input_is_one_error_line_exit_2(
+    tmp_path: Path, spec_file: Path, case: str, capsys
+) -> None:
     argv, expected = _bad(tmp_path, spec_file, case)
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
@@ -160,11 +179,14 @@ def test_bad_input_is_one_error_line_exit_2(tmp_path: Path, spec_file: Path, cas
     assert "Traceback" not in captured.err + captured.out
 
 
-def test_existing_run_needs_resume_and_matching_options(tmp_path: Path, spec_file: Path, capsys) -> None:
+def test_existing_run_needs_resume_and_matching_options(
+    tmp_path: Path, spec_file: Path, capsys
+) -> None:
     out = tmp_path / "run"
-    assert cli.main(["--arch", str(spec_file), "--epochs", "1", "--out", str(out), *FAST, "--train-fraction", "0.05"]) == 0
+    argv = ["--arch", str(spec_file), "--epochs", "1", "--out", str(out), *FAST]
+    assert cli.main([*argv, "--train-fraction", "0.05"]) == 0
     capsys.readouterr()
-    assert cli.main(["--arch", str(spec_file), "--epochs", "1", "--out", str(out), *FAST]) == 2
+    assert cli.main(argv) == 2
     assert "already holds a training run" in capsys.readouterr().err
     assert cli.main(["--resume", "--out", str(out), "--epochs", "3", "--quiet"]) == 2
     assert "epochs=3 differ from the run" in capsys.readouterr().err
@@ -172,12 +194,14 @@ def test_existing_run_needs_resume_and_matching_options(tmp_path: Path, spec_fil
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_request_without_cuda(tmp_path: Path, spec_file: Path, capsys) -> None:
-    assert cli.main(["--arch", str(spec_file), "--out", str(tmp_path / "o"), "--device", "cuda", "--quiet"]) == 2
+    argv = ["--arch", str(spec_file), "--out", str(tmp_path / "o"), "--device", "cuda", "--quiet"]
+    assert cli.main(argv) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "trials.train", "--arch", str(tmp_path / "x.json"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                           "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: spec file {tmp_path / 'x.json'} does not exist"

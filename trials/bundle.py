@@ -175,7 +175,7 @@ def stratified_split(labels: np.ndarray, fraction: float,
 
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Random shift (zero fill) and, for `crop_flip`, a horizontal flip. `translate` (digits)
-    shifts by up to h/16 (half a native pixel at any upsampling: more hurt in our runs),
+    shifts by up to h/16, half a native pixel at any upsampling (larger shifts hurt accuracy);
     `crop_flip` by h/8 (4 px at 32, the CIFAR standard). Batched: one gather for the whole
     batch; randomness only from `generator`."""
     n, _, h, w = x.shape

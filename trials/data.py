@@ -120,7 +120,7 @@ def _split(images: torch.Tensor, labels: np.ndarray, idx: np.ndarray) -> Split:
 def _load_digits(size: int, include_test: bool) -> DataBundle:
     """scikit-learn's bundled 8x8 digits: 70/15/15 stratified train/val/test, upsampled to
     `size`."""
-    # Lazy: importing sklearn.datasets takes about a second, paid only by runs on digits.
+    # Lazy: importing sklearn.datasets is slow, and only runs on digits need it.
     from sklearn.datasets import load_digits
 
     digits = load_digits()

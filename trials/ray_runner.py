@@ -3,8 +3,8 @@
 Section "trial": `ray_trainable(config)`, the function trainable every search trial runs. `config`
 is a `trials.trial_config.TrialConfig` as a dict, built once by the driver; the trainable runs
 `trials.trial.Trial` on it (the same code as `python -m trials.train`), reports per epoch only what
-the driver reads (`trials.trial.EPOCH_KEYS`; Ray 2.60 `ray.tune.report` / `ray.tune.get_checkpoint`) and
-honours the CPUs and GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick
+the driver reads (`trials.trial.EPOCH_KEYS`, through `ray.tune.report` / `ray.tune.get_checkpoint`)
+and honours the CPUs and GPU Ray assigned. `run_tuner` runs it in a plain Tuner (tests, quick
 experiments).
 
 Section "search driver": `connect` (local Ray or a cluster address) and `run_search`, which runs a
@@ -87,14 +87,13 @@ def run_trial(config: Mapping[str, Any], *, report: Callable[..., None],
               get_checkpoint: Callable[[], Any]) -> None:
     """The trainable's body with Ray's session calls passed in (tests wrap `report`).
 
-    With a `trial_dir` (every search trial), the trial's own checkpoint there, written every
-    epoch, is what a retry continues from, and results go to Ray without a checkpoint: Ray's copy
-    would duplicate it, and with `num_to_keep` Ray snapshots its whole experiment state at every
-    checkpoint, a per-epoch cost that grows with the search (docs/benchmarks.md). Without one,
-    results carry a Ray checkpoint and a retry continues from it. Otherwise the trial starts
-    from the config's `resume_from` (or from scratch). A non-finite loss or a user error is
-    reported once as `failed`/`reason` and the trial returns normally: retrying a deterministic
-    failure is waste.
+    With a `trial_dir` (every search trial), a retry continues from the trial's own per-epoch
+    checkpoint there and results go to Ray without one: a Ray checkpoint would duplicate it and
+    make Ray snapshot its whole experiment state every epoch (see docs/benchmarks.md). Without a
+    `trial_dir`, results carry a Ray checkpoint for retries. A first attempt starts from the
+    config's `resume_from` (or from scratch). A non-finite loss or a user error is reported once
+    as `failed`/`reason` and the trial returns normally: retrying a deterministic failure is
+    waste.
     """
     threads, device = assigned_resources()
     torch.set_num_threads(threads)
@@ -296,11 +295,11 @@ def run_search(
     if not verbose:  # Our progress lines replace Ray's tables and sync warnings.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Per-trial overhead (docs/benchmarks.md): Ray's own result loggers (json, csv, TensorBoard
-    # per trial) duplicate trials.csv and the trials' metrics files, and its experiment-state
-    # snapshots serve `Tuner.restore`, which --resume does not use (it rebuilds from the study
-    # and trials.csv): by default Ray re-serialises every trial's state up to ~5% of the time,
-    # a cost that grows with the search. Both stay available through Ray's own variables.
+    # Ray's own result loggers (json, csv, TensorBoard per trial) duplicate trials.csv and the
+    # trials' metrics files, and its experiment-state snapshots serve `Tuner.restore`, which
+    # --resume does not use (it rebuilds from the study and trials.csv); both are per-trial
+    # overhead that grows with the search (see docs/benchmarks.md). Ray's own variables still
+    # turn them back on.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":  # fit()'s ResultGrid misses them

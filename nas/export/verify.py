@@ -119,8 +119,8 @@ def import_file(path: Path) -> Any:
 
 
 def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    """TorchScript-based exporter: deprecated since torch 2.9 but ~10x faster than the dynamo one
-    for these models on CPU, and exact for them. Batch size is dynamic."""
+    """TorchScript-based exporter (deprecated since torch 2.9): much faster than the dynamo one
+    on these models and exact for them. Batch size is dynamic."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"],

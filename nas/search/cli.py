@@ -226,10 +226,9 @@ def default_concurrency(cpus: float, gpus: float, cpus_per_trial: float,
                         gpus_per_trial: float) -> int:
     """Trials that fit at once on the free CPUs and, when trials take GPUs, on the free GPUs.
 
-    Counting CPUs alone over-asks on a GPU box (16 CPUs, 1 GPU, `--gpus-per-trial 0.5` would
-    mean 16 proposals for 2 places): the surplus waits in Tune's queue, sampled before any of
-    the running trials report, and is cut off by the time budget. With no free GPU yet (a
-    cluster whose GPU nodes an autoscaler has still to add), the CPUs decide, as before."""
+    Counting CPUs alone over-asks on a GPU box: the surplus waits in Tune's queue, sampled before
+    any running trial reports, until the time budget cuts it off. With no free GPU yet (a
+    cluster whose GPU nodes an autoscaler has still to add), the CPUs decide."""
     fit = int(cpus / cpus_per_trial + 1e-9)
     if 0 < gpus_per_trial < 1 and gpus > 0:  # Ray packs a fraction within one GPU
         fit = min(fit, int(gpus + 1e-9) * int(1 / gpus_per_trial + 1e-9))
@@ -334,25 +333,18 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
         seeds.append(cheapest_corner(space, config))
     seeds = [s for s in seeds if s.spec_hash not in done]
 
-    last: dict[str, dict[str, float]] = {}  # the spec the controller costed last: its costs
-
-    def spec_costs(spec: ArchSpec) -> dict[str, float]:
-        if spec.spec_hash not in last:
-            last.clear()
-            last[spec.spec_hash] = costs(spec)
-        return last[spec.spec_hash]
-
     train = TrainConfig(**{**config.train, "epochs": config.epochs, "seed": config.seed})
 
-    def trial_config(trial_id: str, spec: ArchSpec, resume_from: str | None) -> dict[str, Any]:
+    def trial_config(trial_id: str, spec: ArchSpec, spec_costs: dict[str, float],
+                     resume_from: str | None) -> dict[str, Any]:
         """The trial's whole config, decided here: the worker neither parses, adapts nor costs."""
         return TrialConfig(
             spec=spec, data=config.data, image_size=config.image_size, train=train,
-            costs=spec_costs(spec), resume_from=resume_from,
+            costs=spec_costs, resume_from=resume_from,
             trial_dir=str(ExperimentDir(exp).trial(trial_id).path.resolve()),
         ).to_dict()
 
-    return SearchController(config, exp, study, space, objectives, spec_costs, trial_config,
+    return SearchController(config, exp, study, space, objectives, costs, trial_config,
                             seed_specs=seeds, records=records)
 
 

@@ -22,7 +22,14 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from nas.experiment import CsvCache, ExperimentConfig, ExperimentDir, TrialRecord, write_trials_csv
+from nas.experiment import (
+    STATES,
+    CsvCache,
+    ExperimentConfig,
+    ExperimentDir,
+    TrialRecord,
+    write_trials_csv,
+)
 from nas.search.objectives import Objective
 from nas.search.pareto import pareto_mask
 from nas.search.pruner import INTERMEDIATE_ATTR
@@ -37,7 +44,8 @@ CONSTRAINT_COLUMNS = {"max_macs": "macs", "max_params": "params", "max_latency_m
 MAX_INFEASIBLE_IN_A_ROW = 500
 
 CostFn = Callable[[ArchSpec], dict[str, float]]
-TrainConfigFn = Callable[[str, ArchSpec, str | None], dict[str, Any]]
+# (trial id, adapted spec, its static costs, checkpoint to resume from) -> the trial's config.
+TrainConfigFn = Callable[[str, ArchSpec, dict[str, float], str | None], dict[str, Any]]
 
 
 def adapt_to_task(spec: ArchSpec, config: ExperimentConfig, regime: str) -> ArchSpec:
@@ -96,8 +104,9 @@ class SearchController:
 
     # Proposals --------------------------------------------------------------------------------
     def next_trial(self) -> tuple[str, dict[str, Any]] | None:
-        """The next architecture to train and its trainable config, or None when the budget is spent.
-        Architectures violating a constraint are recorded INFEASIBLE and told to the sampler."""
+        """The next architecture to train and its trainable config, or None when the budget is
+        spent. Architectures violating a constraint are recorded INFEASIBLE and told to the
+        sampler."""
         for _ in range(MAX_INFEASIBLE_IN_A_ROW):
             if not self.budget_left():
                 return None
@@ -124,7 +133,7 @@ class SearchController:
                 continue
             self.live[trial_id] = trial
             self._record(TrialRecord(trial_id, trial.number, "RUNNING", spec, costs))
-            return trial_id, self.trial_config_fn(trial_id, spec, resume_from)
+            return trial_id, self.trial_config_fn(trial_id, spec, costs, resume_from)
         self.log(
             f"stopping: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row violated the constraints"
         )
@@ -292,7 +301,7 @@ class SearchController:
                                             if not o.maximize] + [-(r.accuracy or 0)])
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE", "RUNNING")}
+        out = {s: 0 for s in STATES}
         for r in self.records.values():
             out[r.state] += 1
         return out

@@ -96,10 +96,9 @@ class ParetoPruner(BasePruner):
         return None if None in costs else costs
 
     def _state(self, study: optuna.Study) -> _Rungs:
-        """The study's rung data, kept between decisions: without it every decision re-read
-        every past trial, a per-decision cost that grew with the search. Keyed by the study
-        object held weakly: a pruner outlives the studies it served (tests, notebooks), and a
-        dead study's id may be reused by a new one."""
+        """The study's rung data, kept between decisions so none re-reads every past trial.
+        Keyed by the study object held weakly: a pruner outlives the studies it served (tests,
+        notebooks), and a dead study's id may be reused by a new one."""
         return self._cache.setdefault(study, _Rungs())
 
     def __getstate__(self) -> dict[str, Any]:

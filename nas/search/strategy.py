@@ -13,9 +13,8 @@ from search_spaces.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random", "qmc")
 PRUNERS = ("pareto", "median", "sha", "hyperband", "none")
-# Pruner eta: the top 1/eta of each rung continue. 2 rather than ASHA's usual 3: on the
-# search-efficiency benchmark (docs/benchmarks.md, tuned on held-out seeds) eta 3 cut so many
-# trials at the first rung that the front was built from a handful of finished networks.
+# Pruner eta: the top 1/eta of each rung continue. 2 rather than ASHA's usual 3, which stops so
+# many trials at the first rung that few networks finish (see docs/benchmarks.md).
 DEFAULT_REDUCTION_FACTOR = 2
 # Where the search stores each trial's constraint violations (<= 0 means satisfied).
 VIOLATIONS_ATTR = "constraint_violations"
@@ -24,8 +23,8 @@ VIOLATIONS_ATTR = "constraint_violations"
 def record_violations(trial: optuna.Trial, violations: Sequence[float], constrained: bool) -> None:
     """Store a trial's violations (<= 0 satisfied) where `analysis` reads them (a user attribute)
     and, in a constrained search, as the trial's own constraints, where Optuna's samplers read
-    them. Set when the trial is proposed, from static costs; Optuna 5 deprecates the
-    `constraints_func` that read them after the trial instead."""
+    them. Set when the trial is proposed, from static costs (Optuna 5 deprecates the samplers'
+    `constraints_func`)."""
     trial.set_user_attr(VIOLATIONS_ATTR, list(violations))
     if constrained:
         for index, value in enumerate(violations):
