@@ -29,7 +29,6 @@ import multiprocessing as mp
 import platform
 import queue
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from search_spaces.cli import run_cli
 from search_spaces.errors import UserError
 from trials.trial import Trial
 from trials.trial_config import build_trial_config
@@ -187,20 +187,15 @@ def trial_config(args: argparse.Namespace, spec: str, seed: int, channels_last: 
             "amp": args.device == "cuda", "channels_last": channels_last}
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # bad input: one line here, not a traceback from inside a trial process
-        if min(args.concurrency) < 1 or args.formats < 0:
-            raise UserError("--concurrency values must be >= 1 and --formats >= 0")
-        for spec in args.candidates:
-            build_trial_config(trial_config(args, spec, 0, False))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
+    # Bad input: one line here, not a traceback from inside a trial process.
+    if min(args.concurrency) < 1 or args.formats < 0:
+        raise UserError("--concurrency values must be >= 1 and --formats >= 0")
+    for spec in args.candidates:
+        build_trial_config(trial_config(args, spec, 0, False))
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
+        raise UserError("--device cuda but CUDA is not available")
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor()
     print(f"- {datetime.date.today().isoformat()}, {name}, torch {torch.__version__}, python "
           f"{platform.python_version()}, {args.threads} threads per trial, batch "
@@ -249,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         write_raw(args.output, args, **raw)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":
