@@ -89,8 +89,9 @@ def test_closed_form_equals_torch_on_named_points(name: str) -> None:
 
 
 @pytest.mark.parametrize("preset,n,sizes,device", [
-    pytest.param("small", 200, (16, 17, 32, 33), "cpu", id="small-200"),
-    pytest.param("imagenet", 10, (64, 97, 128, 224), "meta", id="imagenet-10"),
+    pytest.param("small", 20, (16, 17, 32, 33), "cpu", id="small-20"),
+    pytest.param("small", 200, (16, 17, 32, 33), "cpu", id="small-200", marks=pytest.mark.slow),
+    pytest.param("imagenet", 4, (64, 97, 128, 224), "meta", id="imagenet-4"),
     pytest.param("imagenet", 200, (64, 97, 128, 224), "meta", id="imagenet-200",
                  marks=pytest.mark.slow),
 ])

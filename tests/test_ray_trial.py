@@ -93,6 +93,7 @@ def test_a_malformed_config_is_a_failure_not_a_crash(worker) -> None:
 
 
 # --- a real Tuner -----------------------------------------------------------------------------
+@pytest.mark.slow  # starts a local Ray
 def test_trials_run_at_normal_priority(ray_session) -> None:
     """Ray's default worker niceness (15) would starve trials behind Ray's own daemons."""
 
@@ -133,6 +134,7 @@ def _reports(marker: Path, case: str) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_trainable_in_a_real_tuner(ray_session, tmp_path: Path) -> None:
     marker = tmp_path / "crashed"
     space = {**BASE, "_case": tune.grid_search(["ok", "crash", "nan", "bad"]),
@@ -167,6 +169,7 @@ def test_trainable_in_a_real_tuner(ray_session, tmp_path: Path) -> None:
     assert f"data path {tmp_path / 'gone'} does not exist" in bad.metrics["reason"]
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_a_search_trial_retries_from_its_own_checkpoint(ray_session, tmp_path: Path) -> None:
     """With a trial_dir (as every search trial has) Ray gets no checkpoint copies; a crashed
     trial's retry continues from its own checkpoint in trial_dir instead of redoing its epochs."""
