@@ -59,6 +59,7 @@ from trials import ray_runner
 from trials.data import load_data
 from trials.ray_runner import run_trial
 from trials.run_dir import RunDir
+from trials.training import save_checkpoint
 from trials.trial_config import TrialConfig
 
 TINY_FRACTION = 0.02
@@ -123,8 +124,7 @@ def tiny_trainable(config: dict[str, Any]) -> None:
         opt.step()
         metrics = {"epoch": epoch, "train_loss": float(loss), "val_top1": final * epoch / epochs,
                    "epoch_seconds": 0.0, "images_per_s": 0.0, "lr": 0.1}
-        torch.save(model.state_dict(), trial_dir / "checkpoint.tmp")
-        os.replace(trial_dir / "checkpoint.tmp", RunDir(trial_dir).checkpoint)
+        save_checkpoint({"model": model.state_dict()}, RunDir(trial_dir).checkpoint)
         clock.report(metrics)
 
 
