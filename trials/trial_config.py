@@ -27,23 +27,6 @@ from trials.data import describe, parse_data_spec
 from trials.run_dir import RunDir
 from trials.training import TrainConfig
 
-# Every key a user-facing trial config may hold, with its default. Keys starting with "_" are
-# ignored (free for a driver's bookkeeping); any other unknown key is an error, so typos never
-# pass silently.
-TRIAL_DEFAULTS: dict[str, Any] = {
-    "spec": None,  # ArchSpec, spec dict, named point, JSON path/text, or SPACE:SEED (a sample)
-    "data": "digits",
-    "image_size": None,  # None: the dataset's default (digits 16, CIFAR 32, folder 64)
-    "adapt": True,  # retarget num_classes/in_channels to the data (False: a mismatch is an error)
-    "val_fraction": 0.1,  # carved from train when the dataset has no validation split
-    "train_fraction": 1.0,  # train on a fixed stratified subset (low fidelity, quick tests)
-    "in_memory": None,  # folder data: None decides by size
-    "device": "auto",  # auto | cpu | cuda | cuda:N
-    "workers": None,  # DataLoader workers for streamed folders; None: the trial's CPU threads
-    "trial_dir": None,  # also write the run directory (checkpoint, metrics, spec) every epoch
-    "resume_from": None,  # checkpoint file/dir to continue from when the runner has none
-    **{f.name: f.default for f in dataclasses.fields(TrainConfig)},
-}
 _TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 _SAMPLE = re.compile(r"^(?P<space>[\w-]+):(?P<seed>\d+)$")
 
@@ -117,6 +100,21 @@ class TrialConfig:
         if values.get("image_size") is None:
             values["image_size"] = DEFAULT_IMAGE_SIZE[parse_data_spec(values["data"])[0]]
         return cls(spec=spec, costs=dict(costs), train=TrainConfig.from_dict(dict(flat)), **values)
+
+
+# Every key a user-facing trial config may hold, with its default: the spec and data as the user
+# names them, `adapt`, then TrialConfig's own settings and the training settings. Keys starting
+# with "_" are ignored (free for a driver's bookkeeping); any other unknown key is an error, so
+# typos never pass silently.
+TRIAL_DEFAULTS: dict[str, Any] = {
+    "spec": None,  # ArchSpec, spec dict, named point, JSON path/text, or SPACE:SEED (a sample)
+    "data": "digits",
+    "image_size": None,  # None: the dataset's default (trials.bundle.DEFAULT_IMAGE_SIZE)
+    "adapt": True,  # retarget num_classes/in_channels to the data (False: a mismatch is an error)
+    **{f.name: f.default for f in dataclasses.fields(TrialConfig)
+       if f.name not in ("spec", "data", "image_size", "train", "costs")},
+    **{f.name: f.default for f in dataclasses.fields(TrainConfig)},
+}
 
 
 def resolve_arch(value: Any) -> tuple[ArchSpec, bool]:
