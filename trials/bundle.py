@@ -1,7 +1,7 @@
 """What every dataset loader produces and shares: `DataBundle` (splits plus preprocessing facts),
 `Split`, `DatasetShape`, `DataError`, the stratified split, batched augmentation and the per-batch
-decoding of image files that streamed folders use. The loaders (`trials.data`, `trials.folder`)
-import this module; it imports neither.
+decoding of image files that streamed folders use. The loaders (`trials.data`, `trials.folder`,
+`trials.idx`) import this module; it imports none of them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from search_spaces.errors import UserError
 
-DATA_KINDS = ("digits", "cifar10", "cifar100", "folder")
-DEFAULT_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 64}
+DATA_KINDS = ("digits", "cifar10", "cifar100", "folder", "fashion-mnist", "idx")
+# The training side in px when none is given: digits upsampled from 8, the others native.
+DEFAULT_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 64,
+                      "fashion-mnist": 28, "idx": 28}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")
 # Folders up to this many bytes (uint8 at the training size) are decoded once and kept in memory.
@@ -30,6 +32,7 @@ NORMS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),  # of the official 60,000 train images
 }
 
 
@@ -74,7 +77,7 @@ class DataBundle:
     train: Split
     val: Split
     test: Split | None
-    augment: str  # "translate" (digits: shifts only, no flips) or "crop_flip"
+    augment: str  # "translate" (digits), "crop" (shifts, no flips: idx) or "crop_flip"
 
     @property
     def in_memory(self) -> bool:
@@ -176,8 +179,9 @@ def stratified_split(labels: np.ndarray, fraction: float,
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Random shift (zero fill) and, for `crop_flip`, a horizontal flip. `translate` (digits)
     shifts by up to h/16, half a native pixel at any upsampling (larger shifts hurt accuracy);
-    `crop_flip` by h/8 (4 px at 32, the CIFAR standard). Batched: one gather for the whole
-    batch; randomness only from `generator`."""
+    `crop` and `crop_flip` by h/8 (4 px at 32, the CIFAR standard; 3 px at 28). `crop` is for
+    idx datasets of digits or characters, which a mirror would change into other symbols.
+    Batched: one gather for the whole batch; randomness only from `generator`."""
     n, _, h, w = x.shape
     pad = max(1, h // 16 if kind == "translate" else h // 8)
     flips = torch.rand(n, generator=generator) < 0.5 if kind == "crop_flip" else None

@@ -1,4 +1,5 @@
-"""Datasets selected by one string (`digits`, `cifar10:PATH`, `cifar100:PATH`, `folder:PATH`).
+"""Datasets selected by one string (`digits`, `cifar10:PATH`, `cifar100:PATH`, `folder:PATH`,
+`fashion-mnist[:PATH]`, `idx:PATH`).
 
 Every split is held as uint8 NCHW tensors at the training size (or, for large image folders, decoded
 by DataLoader workers each epoch); augmentation and normalization run batched on tensors with an
@@ -29,22 +30,39 @@ from trials.bundle import (
     augment,
     stratified_split,
 )
+from trials.datasets import FASHION_MNIST_SUBSET, SYSTEM_FASHION_MNIST
 from trials.folder import class_names, load_folder
+from trials.idx import (
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
+    SPLIT_FILES,
+    IdxHeader,
+    check_labels,
+    check_pair,
+    find_split,
+    has_split,
+    read_header,
+    read_idx,
+    read_split,
+)
 
 _DIGITS_SHAPE = (10, 1)  # (classes, channels) of scikit-learn's 8x8 grey digits
+_DATA_FORMS = "digits, cifar10:PATH, cifar100:PATH, folder:PATH, fashion-mnist[:PATH], idx:PATH"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def parse_data_spec(text: str) -> tuple[str, Path | None]:
-    """`digits` or `KIND:PATH` -> (kind, path)."""
+    """`digits`, `fashion-mnist` or `KIND:PATH` -> (kind, path); a path of None means the
+    dataset's own location (`fashion_mnist_dir`)."""
     kind, sep, path = str(text).partition(":")
     if kind not in DATA_KINDS:
-        raise DataError(
-            f"unknown data {text!r}; expected one of: digits, cifar10:PATH, cifar100:PATH, "
-            "folder:PATH"
-        )
+        raise DataError(f"unknown data {text!r}; expected one of: {_DATA_FORMS}")
     if kind == "digits":
         if sep:
             raise DataError(f"data 'digits' takes no path, got {text!r}")
+        return kind, None
+    if kind == "fashion-mnist" and not sep:
         return kind, None
     if not path:
         raise DataError(f"data {text!r} needs a path: {kind}:PATH")
@@ -55,6 +73,8 @@ def _checked(spec: str, image_size: int | None) -> tuple[str, Path | None, int]:
     """(kind, path, size) after the checks loading and describing share: the data string, the
     image size and, for datasets on disk, that the path is a directory."""
     kind, path = parse_data_spec(spec)
+    if kind == "fashion-mnist" and path is None:
+        path = fashion_mnist_dir()
     size = DEFAULT_IMAGE_SIZE[kind] if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise DataError(f"image size must be an integer >= 2, got {image_size!r}")
@@ -65,16 +85,27 @@ def _checked(spec: str, image_size: int | None) -> tuple[str, Path | None, int]:
     return kind, path, size
 
 
+def fashion_mnist_dir() -> Path:
+    """Where `fashion-mnist` without a path reads: Debian's package `dataset-fashion-mnist` when
+    it holds the train and test files, else the stratified subset shipped in the package."""
+    if all(has_split(SYSTEM_FASHION_MNIST, split) for split in SPLIT_FILES):
+        return SYSTEM_FASHION_MNIST
+    return FASHION_MNIST_SUBSET
+
+
 def describe(spec: str, image_size: int | None = None) -> DatasetShape:
     """The dataset's shape at `image_size` without decoding or reading any image: the checks of
     `load_data` on the string, size and paths, then constants (digits, CIFAR, after checking the
-    files exist) or the class directories (folder)."""
+    files exist), the class directories (folder) or the idx headers and labels (fashion-mnist,
+    idx)."""
     kind, path, size = _checked(spec, image_size)
     if kind == "digits":
         return DatasetShape("digits", size, *_DIGITS_SHAPE)
     assert path is not None
     if kind == "folder":
         return DatasetShape(spec, size, len(class_names(path)), 3)
+    if kind in _IDX_KINDS:
+        return DatasetShape(spec, size, _idx_classes(kind, path), 1)
     _check_cifar_files(kind, path, include_test=False)
     return DatasetShape(spec, size, _CIFAR_FILES[kind][-1], 3)
 
@@ -92,6 +123,8 @@ def load_data(spec: str, image_size: int | None = None, *, include_test: bool = 
     if kind == "folder":
         bundle = load_folder(spec, path, size, include_test=include_test,
                              val_fraction=val_fraction, in_memory=in_memory, workers=workers)
+    elif kind in _IDX_KINDS:
+        bundle = _load_idx(spec, kind, path, size, include_test, val_fraction)
     else:
         bundle = _load_cifar(spec, kind, path, size, include_test, val_fraction)
     if len(bundle.train) < 2 or len(bundle.val) < 1:
@@ -236,7 +269,78 @@ def _load_cifar(spec: str, kind: str, path: Path, size: int, include_test: bool,
     )
 
 
+# --- idx files (Fashion-MNIST, and MNIST-like datasets with `idx:PATH`) ----------------------
+_IDX_KINDS = ("fashion-mnist", "idx")
+
+
+def _labels_of(path: Path, split: str) -> tuple[Path, np.ndarray]:
+    """(labels file, labels) of `split`, after checking that its image header has as many."""
+    image_path, label_path = find_split(path, split)
+    labels = read_idx(label_path, LABELS_MAGIC)
+    check_pair(read_header(image_path, IMAGES_MAGIC), IdxHeader(label_path, labels.shape))
+    return label_path, labels
+
+
+def _idx_classes(kind: str, path: Path) -> int:
+    """The class count of an idx directory from its labels alone (no image is decoded):
+    Fashion-MNIST's 10, or for `idx` the largest train label + 1, each class present in train;
+    every test label must be one of them."""
+    label_path, labels = _labels_of(path, "train")
+    if kind == "fashion-mnist":
+        num_classes = len(FASHION_MNIST_CLASSES)
+        check_labels(label_path, labels, num_classes)
+    else:
+        num_classes = int(labels.max()) + 1
+        missing = sorted(set(range(num_classes)) - set(np.unique(labels).tolist()))
+        if num_classes < 2:
+            raise DataError(f"{label_path}: every label is 0; expected labels 0..K-1, K >= 2")
+        if missing:
+            raise DataError(
+                f"{label_path}: labels 0..{num_classes - 1} leave classes "
+                f"{', '.join(map(str, missing))} without images; expected every class of "
+                "0..K-1 in train"
+            )
+    test_path, test_labels = _labels_of(path, "test")
+    check_labels(test_path, test_labels, num_classes)
+    return num_classes
+
+
+def _pixel_norm(images: torch.Tensor) -> tuple[tuple[float], tuple[float]]:
+    """(mean,), (std,) of uint8 grey images in [0, 1], exact from the value histogram."""
+    counts = np.bincount(images.numpy().ravel(), minlength=256).astype(np.float64)
+    values = np.arange(256) / 255.0
+    mean = float(counts @ values / counts.sum())
+    std = float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
+    return (round(mean, 4),), (round(std, 4),)
+
+
+def _load_idx(spec: str, kind: str, path: Path, size: int, include_test: bool,
+              val_fraction: float) -> DataBundle:
+    num_classes = _idx_classes(kind, path)  # every file's header and every label checked
+    raw, labels = read_split(path, "train")
+    images = _resize(torch.from_numpy(raw).unsqueeze(1), size)
+    labels = labels.astype(np.int64)
+    train, val = stratified_split(labels, val_fraction, SPLIT_SEED)
+    test = None
+    if include_test:
+        test_images, test_labels = read_split(path, "test")
+        test = Split(labels=torch.from_numpy(test_labels.astype(np.int64)),
+                     images=_resize(torch.from_numpy(test_images).unsqueeze(1), size))
+    if kind == "fashion-mnist":
+        (mean, std), classes = NORMS[kind], FASHION_MNIST_CLASSES
+    else:
+        mean, std = _pixel_norm(images[torch.as_tensor(train)])
+        classes = tuple(str(i) for i in range(num_classes))
+    return DataBundle(
+        name=spec, kind=kind, num_classes=num_classes, in_channels=1, image_size=size,
+        mean=mean, std=std, classes=classes,
+        train=_split(images, labels, train), val=_split(images, labels, val), test=test,
+        augment="crop_flip" if kind == "fashion-mnist" else "crop",
+    )
+
+
 __all__ = [
-    "DATA_KINDS", "DEFAULT_IMAGE_SIZE", "DataBundle", "DataError", "DatasetShape", "Split",
-    "augment", "describe", "load_data", "parse_data_spec", "stratified_split",
+    "DATA_KINDS", "DEFAULT_IMAGE_SIZE", "FASHION_MNIST_CLASSES", "DataBundle", "DataError",
+    "DatasetShape", "Split", "augment", "describe", "fashion_mnist_dir", "load_data",
+    "parse_data_spec", "stratified_split",
 ]
