@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 
 from analysis.front import (
@@ -37,25 +38,32 @@ from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 
 TABLE_COLUMNS = ("trial_id", "tag", "accuracy", "macs", "params", "latency_ms", "epochs")
+# Below this many completed trials, fANOVA importances mostly measure noise.
+IMPORTANCE_MIN_TRIALS = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m analysis.pareto",
                       description="The Pareto front of finished searches: table, hypervolume "
-                      "(reference stated) and its history, plots, parameter importances.")
+                      "(reference stated) and its history, plots, parameter importances.",
+                      formatter_class=argparse.HelpFormatter)  # each help states its default
     p.add_argument("experiments", nargs="+", metavar="EXP", help="experiment directory OUT/NAME")
     p.add_argument("--objectives", default=None,
                    help=f"comma list of {', '.join(OBJECTIVES)} (default: the experiment's own)")
     p.add_argument("--all", action="store_true",
                    help="also list dominated, pruned and failed trials with their state")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true", help="print CSV rows instead of a table")
+    fmt.add_argument("--csv", action="store_true",
+                     help="print CSV rows instead of a table (its columns, state, reason, spec)")
     fmt.add_argument("--json", action="store_true",
-                     help="print a JSON list of {trial_id, tag, spec, <objective>...}")
-    p.add_argument("--plot", type=Path, help="write a PNG of accuracy vs cost (matplotlib)")
-    p.add_argument("--html", type=Path, help="write an interactive HTML plot (plotly)")
+                     help="print the --csv columns as a JSON list of objects")
+    p.add_argument("--plot", type=Path,
+                   help="write a PNG of accuracy vs cost, matplotlib (default: none)")
+    p.add_argument("--html", type=Path,
+                   help="write an interactive HTML plot, plotly (default: none)")
     p.add_argument("--importance", action="store_true",
-                   help="show Optuna parameter importances per objective")
+                   help=f"show Optuna parameter importances per objective (noisy below "
+                        f"{IMPORTANCE_MIN_TRIALS} completed trials: a warning says so)")
     return p
 
 
@@ -69,6 +77,12 @@ def choose_objectives(text: str | None, labels: dict[str, Any]) -> tuple[Objecti
         raise UserError(f"the experiments optimized different objectives ({listed}); "
                         "pass --objectives to compare them on one set")
     return as_objectives(next(iter(own.values())))
+
+
+def image_sizes(labels: dict[str, Any]) -> str:
+    """The experiments' input sides for the plots' titles: "16 px", or "16/32 px" if they differ."""
+    sizes = sorted({int(c.image_size) for c in labels.values() if c.image_size})
+    return "/".join(str(s) for s in sizes) + " px" if sizes else ""
 
 
 def check_output(path: Path | None, flag: str) -> None:
@@ -97,15 +111,16 @@ def _number(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def as_json(rows: pd.DataFrame, objs: Sequence[Objective], show_all: bool) -> str:
+def export_columns(columns: list[str]) -> list[str]:
+    """The --csv and --json columns: the table's, then state, reason and spec."""
+    return columns + ["state", "reason", "spec"]
+
+
+def as_json(rows: pd.DataFrame, columns: list[str]) -> str:
+    """The --csv columns as a JSON list of objects (the spec as an object, NaN as null)."""
     out = []
     for _, row in rows.iterrows():
-        item: dict[str, Any] = {"experiment": row["experiment"], "trial_id": row["trial_id"],
-                                "tag": row["tag"], "spec": json.loads(row["spec"])}
-        item.update({o.name: _number(row[o.column]) for o in objs})
-        item.update({"epochs": int(row["epochs"]), "state": row["state"]})
-        if show_all:
-            item.update({"status": row["status"], "reason": row["reason"]})
+        item = {c: json.loads(row[c]) if c == "spec" else _number(row[c]) for c in columns}
         out.append(item)
     return json.dumps(out, indent=2)
 
@@ -140,6 +155,13 @@ def summary(df: pd.DataFrame, objs: Sequence[Objective]) -> str:
     return "\n".join(lines)
 
 
+def few_completed(df: pd.DataFrame, labels: Sequence[str]) -> dict[str, int]:
+    """Experiments with fewer than IMPORTANCE_MIN_TRIALS completed trials, and their counts."""
+    counts = df[df["state"] == "COMPLETE"].groupby("experiment").size()
+    done = {label: int(counts.get(label, 0)) for label in labels}
+    return {label: n for label, n in done.items() if n < IMPORTANCE_MIN_TRIALS}
+
+
 def importance_text(paths: Sequence[str], labels: Sequence[str],
                     objs: Sequence[Objective]) -> str:
     lines = []
@@ -164,21 +186,26 @@ def run(argv: Sequence[str] | None = None) -> int:
     rows = with_status(df, objs) if args.all else pareto_front(df, objs)
     columns = table_columns(objs, len(labels) > 1, args.all)
     if args.json:
-        print(as_json(rows, objs, args.all))
+        print(as_json(rows, export_columns(columns)))
     elif args.csv:
-        rows[columns + ["state", "reason", "spec"]].to_csv(sys.stdout, index=False)
+        rows[export_columns(columns)].to_csv(sys.stdout, index=False)
     else:
         print(as_text(rows, columns, args.all))
         print()
         print(summary(df, objs))
     if args.importance:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line per scratch study
+        text = importance_text(args.experiments, list(labels), objs)  # errors come first
+        for label, done in few_completed(df, labels).items():
+            print(f"warning: {label} has only {done} completed trials: parameter importances "
+                  f"from fewer than {IMPORTANCE_MIN_TRIALS} are mostly noise", file=sys.stderr)
         print()
-        print(importance_text(args.experiments, list(labels), objs))
+        print(text)
     if args.plot:
-        save_png(df, objs, args.plot)
+        save_png(df, objs, args.plot, image_size=image_sizes(labels))
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.html:
-        save_html(df, objs, args.html)
+        save_html(df, objs, args.html, image_size=image_sizes(labels))
         print(f"wrote {args.html}", file=sys.stderr)
     return 0
 

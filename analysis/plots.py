@@ -1,10 +1,12 @@
 """Accuracy-versus-cost pictures of one or several experiments.
 
-PNG (matplotlib): every trial faded, each experiment's front as a step line, the cost axis on a log
-scale (costs of searched networks span orders of magnitude), named seed points labelled, and the
-hypervolume history beside it. HTML (plotly): the same scatter, where hovering a point shows its
-spec and learning curve. With more than two objectives the plots show accuracy against the first
-cost; the step line is then the front of that pair.
+PNG (matplotlib): every trial faded, each experiment's front as a step line with its members'
+trial ids, accuracy in percent, the cost axis on a log scale (costs of searched networks span
+orders of magnitude) with labelled ticks across the data, named seed points labelled, and the
+hypervolume history beside it on its full range (0 at the reference, 1 at the ideal point).
+HTML (plotly): the same scatter, where hovering a point shows its spec and learning curve. With
+more than two objectives the plots show accuracy against the first cost; the step line is then
+the front of that pair.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, PercentFormatter
 
 from analysis.front import (
     ObjectivesLike,
@@ -46,10 +51,37 @@ def _plotted(df: pd.DataFrame, x: Objective, y: Objective) -> pd.DataFrame:
     return df[df[x.column].notna() & df[y.column].notna()]
 
 
+def cost_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About `count` ticks spread evenly over [low, high] on a log axis, rounded to the fewest
+    significant digits that keep them apart: a log axis alone labels only powers of ten, often
+    none within a search's costs."""
+    if not 0 < low <= high:
+        return []
+    values = np.geomspace(low, high, count) if high > low else np.array([low])
+    for digits in range(2, 6):
+        ticks = sorted({float(f"{v:.{digits}g}") for v in values})
+        if len(ticks) == len(values):
+            break
+    return ticks
+
+
+def _title(y: Objective, x: Objective, image_size: str) -> str:
+    return f"{y.name} vs {x.name}" + (f" ({image_size} inputs)" if image_size else "")
+
+
+def _label_cost_axis(ax: Axes, values: pd.Series) -> None:
+    ticks = cost_ticks(float(values.min()), float(values.max())) if len(values) else []
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def front_figure(df: pd.DataFrame, objectives: ObjectivesLike,
-                 reference: Mapping[str, float] | None = None) -> Figure:
+                 reference: Mapping[str, float] | None = None, image_size: str = "") -> Figure:
     """Scatter of all trials (faded; pruned trials at their partial accuracy as crosses), the
-    front of each experiment as a step line, seed points labelled; hypervolume history at right."""
+    front of each experiment as a step line with trial ids, seed points labelled; hypervolume
+    history at right. `image_size` (e.g. "16 px") goes into the title: costs depend on it."""
     x, y = plot_axes(objectives)
     fig = Figure(figsize=(12, 5), layout="constrained")
     ax, hv_ax = fig.subplots(1, 2, width_ratios=(2, 1))
@@ -66,6 +98,9 @@ def front_figure(df: pd.DataFrame, objectives: ObjectivesLike,
         front = pareto_front(completed(group, [y, x]), [y, x])
         ax.step(front[x.column], front[y.column], where="post", color=color, linewidth=2,
                 marker="o", label=f"{name}: front ({len(front)})")
+        for _, row in front.iterrows():
+            ax.annotate(row["trial_id"], (row[x.column], row[y.column]), xytext=(4, -10),
+                        textcoords="offset points", fontsize=7, color=color)
         for _, row in shown[shown["seed_point"] != ""].iterrows():
             ax.annotate(row["seed_point"], (row[x.column], row[y.column]), xytext=(4, 4),
                         textcoords="offset points", fontsize=8, color=color)
@@ -73,22 +108,26 @@ def front_figure(df: pd.DataFrame, objectives: ObjectivesLike,
         hv_ax.step(hv["number"], hv["hypervolume"], where="post", color=color, marker=".",
                    label=name)
     ax.set_xscale("log")
+    _label_cost_axis(ax, _plotted(df, x, y)[x.column])
     ax.set_xlabel(LABELS.get(x.name, x.name) + " (log)")
-    ax.set_ylabel(LABELS.get(y.name, y.name))
-    ax.set_title(f"{y.name} vs {x.name}")
+    ax.set_ylabel(LABELS.get(y.name, y.name) + (" (%)" if y.name == "accuracy" else ""))
+    if y.name == "accuracy":
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_title(_title(y, x, image_size))
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     hv_ax.set_xlabel("trial number")
     hv_ax.set_ylabel("hypervolume (fraction of box)")
+    hv_ax.set_ylim(0.0, 1.0)  # the whole box: a small gain looks small
     hv_ax.set_title("hypervolume over trials\nreference " + format_point(ref), fontsize=10)
     hv_ax.grid(True, alpha=0.3)
     return fig
 
 
 def save_png(df: pd.DataFrame, objectives: ObjectivesLike, path: str | Path,
-             reference: Mapping[str, float] | None = None) -> Path:
-    front_figure(df, objectives, reference).savefig(path, dpi=120)
+             reference: Mapping[str, float] | None = None, image_size: str = "") -> Path:
+    front_figure(df, objectives, reference, image_size).savefig(path, dpi=120)
     return Path(path)
 
 
@@ -115,8 +154,9 @@ def _hover(row: pd.Series) -> str:
             + "<br>".join(spec_lines(row["spec"])))
 
 
-def front_html(df: pd.DataFrame, objectives: ObjectivesLike) -> go.Figure:
-    """Interactive scatter: faded trials, front step lines; hover shows spec and curve."""
+def front_html(df: pd.DataFrame, objectives: ObjectivesLike, image_size: str = "") -> go.Figure:
+    """Interactive scatter: faded trials, front step lines with trial ids, accuracy in percent;
+    hover shows spec and curve."""
     x, y = plot_axes(objectives)
     fig = go.Figure()
     for name, group in df.groupby("experiment", sort=False):
@@ -130,17 +170,20 @@ def front_html(df: pd.DataFrame, objectives: ObjectivesLike) -> go.Figure:
         ))
         front = pareto_front(completed(group, [y, x]), [y, x])
         fig.add_trace(go.Scatter(
-            x=front[x.column], y=front[y.column], mode="lines+markers", line_shape="hv",
-            name=f"{name}: front", hovertext=[_hover(r) for _, r in front.iterrows()],
-            hoverinfo="text",
+            x=front[x.column], y=front[y.column], mode="lines+markers+text", line_shape="hv",
+            name=f"{name}: front", text=front["trial_id"], textposition="bottom right",
+            hovertext=[_hover(r) for _, r in front.iterrows()], hoverinfo="text",
         ))
+    percent = y.name == "accuracy"
     fig.update_layout(xaxis_title=LABELS.get(x.name, x.name),
-                      yaxis_title=LABELS.get(y.name, y.name), xaxis_type="log",
-                      title=f"{y.name} vs {x.name}", hoverlabel={"align": "left"})
+                      yaxis_title=LABELS.get(y.name, y.name) + (" (%)" if percent else ""),
+                      xaxis_type="log", yaxis_tickformat=".0%" if percent else None,
+                      title=_title(y, x, image_size), hoverlabel={"align": "left"})
     return fig
 
 
-def save_html(df: pd.DataFrame, objectives: ObjectivesLike, path: str | Path) -> Path:
+def save_html(df: pd.DataFrame, objectives: ObjectivesLike, path: str | Path,
+              image_size: str = "") -> Path:
     """Self-contained HTML (plotly.js embedded: opens offline)."""
-    front_html(df, objectives).write_html(str(path), include_plotlyjs=True)
+    front_html(df, objectives, image_size).write_html(str(path), include_plotlyjs=True)
     return Path(path)

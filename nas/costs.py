@@ -32,8 +32,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     p.add_argument("arch", help="named point, spec JSON file, or JSON text")
     p.add_argument("--image-size", type=int, default=None,
                    help="input side (default: 224, small: 32)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where latency and memory are measured")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                   help="batch of the throughput and peak-memory measurements")
     p.add_argument("--no-latency", action="store_true", help="static costs only (no timing)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)

@@ -8,9 +8,16 @@ contract between the search and everything after it: `analysis/` and `nas.export
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
+import io
 import json
 import os
+import socket
 import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,6 +150,11 @@ class ExperimentDir:
         return self.path / "study.db"
 
     @property
+    def lock(self) -> Path:
+        """Locked (`flock`) by the one search driver running on the experiment, which it names."""
+        return self.path / "driver.lock"
+
+    @property
     def ray(self) -> Path:
         """Ray Tune's own experiment folder."""
         return self.path / "ray"
@@ -209,9 +221,11 @@ def prepare_directory(out: Path, name: str, resume: bool) -> Path:
             raise UserError(f"cannot resume {exp}: directory is not writable")
         return exp
     if exp.exists():
+        running = driver_of(exp)
         raise UserError(
-            f"experiment {exp} already exists; "
-            "pass --resume to continue it or choose another --name"
+            f"experiment {exp} already exists"
+            + (f" and is being searched by another driver ({running})" if running else "")
+            + "; pass --resume to continue it or choose another --name"
         )
     probe = out
     while not probe.exists():
@@ -228,26 +242,116 @@ def load_config(exp: Path) -> ExperimentConfig:
         raise UserError(f"{ExperimentDir(exp).config} is unreadable or malformed: {err}") from None
 
 
+@contextmanager
+def driver_lock(exp: Path) -> Iterator[str]:
+    """Hold the experiment's driver lock for the block; it yields a note naming the driver whose
+    stale lock it took over ('' when there was none).
+
+    A lock another live driver holds is refused with one line naming that driver's host and pid.
+    The kernel releases an `flock` when its process ends, however it ends (kill -9 included), so
+    a lock file whose lock can be taken belongs to a driver that is gone and is taken over. The
+    file is never deleted: deleting a locked file lets two drivers lock two different files."""
+    path = ExperimentDir(exp).lock
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"cannot lock {path} ({err.strerror}): the experiment needs a "
+                                "file system with working file locks") from None
+            raise UserError(f"{exp} is being searched by another driver ({_holder(fd)}); let "
+                            "it finish or stop it, then --resume") from None
+        stale = _holder(fd) if os.fstat(fd).st_size else ""
+        if stale and _release_journal_lock(ExperimentDir(exp).study):
+            stale += "; released the study journal's lock it held"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode(), 0)
+        try:
+            yield f"took over {path} from a driver that is gone ({stale})" if stale else ""
+        finally:
+            os.ftruncate(fd, 0)  # this driver ended: no holder to name
+    finally:
+        os.close(fd)
+
+
+def _release_journal_lock(journal: Path) -> bool:
+    """Remove the lock a driver killed mid-append left on Optuna's journal (True if there was
+    one). Only under a taken-over driver lock: no other driver can be writing the journal."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    try:
+        JournalFileSymlinkLock(str(journal.absolute())).release()
+    except RuntimeError:  # no lock left behind
+        return False
+    return True
+
+
+def driver_of(exp: Path) -> str:
+    """The live driver holding the experiment's lock ('pid P on host H, ...'), or ''."""
+    try:
+        fd = os.open(ExperimentDir(exp).lock, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return ""
+    except OSError:
+        return _holder(fd)
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+
+
+def _holder(fd: int) -> str:
+    """'pid P on host H, started T' from a lock file's JSON (what is known of it)."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its host and pid are not recorded yet"
+
+
 def study_location(exp: Path, storage: str) -> str:
     """Where the experiment's study lives, for messages: the `--storage` URL or the journal file."""
     return storage or str(ExperimentDir(exp).study)
 
 
-def open_storage(exp: Path, storage: str = "", *, create: bool = False) -> BaseStorage:
+def open_storage(exp: Path, storage: str = "", *, create: bool = False,
+                 search: bool = False) -> BaseStorage:
     """The experiment's Optuna storage: Optuna's journal file `ExperimentDir(exp).study`, or the
     database at `storage` (sqlite:///PATH, postgresql://...) when `--storage` names one.
 
-    `create` (the search): a missing journal or database tables may be made. Otherwise (analysis)
-    the study must already be there. A file that is damaged or not Optuna's raises one UserError
-    line naming it, before anything writes to it."""
+    `create` (a new search): a missing journal or database tables may be made. Otherwise the
+    study must already be there. `search`: the search driver writes it (an SQLite file then runs
+    in WAL mode until `close_storage`). A file that is damaged or not Optuna's raises one
+    UserError line naming it, before anything writes to it."""
     if storage:
-        return _open_database(storage, create)
+        return _open_database(storage, create, search)
     path, legacy = ExperimentDir(exp).study, ExperimentDir(exp).legacy_study
     if not path.is_file() and legacy.is_file():  # an experiment from before the journal default
-        return _open_database(f"sqlite:///{legacy.resolve()}", create=False)
+        return _open_database(f"sqlite:///{legacy.resolve()}", False, search)
     if not path.is_file() and not create:
-        raise UserError(f"{exp} has no {path.name} (the experiment's Optuna study)")
+        raise UserError(f"{exp} has no {path.name} (the experiment's Optuna study); restore it "
+                        "from a copy of the experiment")
     return _open_journal(path)
+
+
+def close_storage(storage: BaseStorage) -> None:
+    """End the search's use of its storage: an SQLite file's write-ahead log is folded back into
+    the database file and WAL mode is left, so the study is complete in the one file a user
+    copies or shares. A journal needs nothing (every change is already in its one file)."""
+    import optuna
+
+    if not isinstance(storage, optuna.storages.RDBStorage) or not storage.url.startswith(
+            "sqlite:///"):
+        return
+    storage.engine.dispose()  # the pool's connections would keep the log open
+    try:
+        with closing(sqlite3.connect(storage.url[len("sqlite:///"):])) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.Error:
+        pass  # still busy (another process reads it) or gone: it stays a valid WAL database
 
 
 def _open_journal(path: Path) -> BaseStorage:
@@ -260,7 +364,8 @@ def _open_journal(path: Path) -> BaseStorage:
     problem = "its last record is incomplete or not Optuna's"
     if not data or _ends_with_a_record(data):
         try:
-            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            # An absolute path: Optuna's lock is a symlink to it, read back from elsewhere.
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path.absolute())))
             problem = "" if not data or optuna.get_all_study_names(storage) else "no study in it"
         except Exception as err:  # Optuna's replay raises several types for a foreign file
             problem = _gist(err)
@@ -279,13 +384,17 @@ def _ends_with_a_record(data: bytes) -> bool:
     return isinstance(record, dict) and "op_code" in record
 
 
-def _open_database(url: str, create: bool) -> BaseStorage:
+def _open_database(url: str, create: bool, search: bool = False) -> BaseStorage:
     """An RDB storage. An existing SQLite file is read before anything writes to it, so a
-    foreign one is refused unchanged. SQLite opens in WAL mode with synchronous=NORMAL so the
-    search's many commits per trial do not each wait for an fsync; committed trials survive a
-    driver crash, an OS crash may lose the last few."""
+    foreign one is refused unchanged. For the search, SQLite runs in WAL mode with
+    synchronous=NORMAL so its many commits per trial do not each wait for an fsync; committed
+    trials survive a driver crash, an OS crash may lose the last few. Readers leave the file's
+    mode as it is."""
     import optuna
 
+    if "://" not in url:
+        raise UserError(f"--storage must be a database URL such as sqlite:///PATH or "
+                        f"postgresql://USER@HOST/DB, got {url!r}")
     path = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
     if path is not None and not path.is_file() and not create:
         raise UserError(f"--storage {url}: there is no database file {path}")
@@ -300,8 +409,9 @@ def _open_database(url: str, create: bool) -> BaseStorage:
 
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(path, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if search:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             return conn
 
         return optuna.storages.RDBStorage(url, engine_kwargs={"creator": connect})
@@ -347,8 +457,30 @@ def write_trials_csv(exp: Path, records: list[TrialRecord], cache: CsvCache | No
 
 
 def read_trials_csv(exp: Path) -> list[TrialRecord]:
+    """The experiment's records ([] without a trials.csv). Bytes that are not UTF-8, a row that
+    does not parse, an unknown state or a repeated trial id raise one UserError line naming the
+    file and the line."""
     path = ExperimentDir(exp).trials_csv
-    if not path.is_file():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return []
-    with path.open(newline="") as handle:
-        return [TrialRecord.from_row(row) for row in csv.DictReader(handle)]
+    except OSError as err:
+        raise UserError(f"{path} is unreadable: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path} line {line}: bytes that are not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    records: dict[str, TrialRecord] = {}
+    try:
+        for row in reader:
+            record = TrialRecord.from_row(row)
+            if record.trial_id in records:
+                raise ValueError(f"trial {record.trial_id} appears twice")
+            records[record.trial_id] = record
+    except (ValueError, KeyError, TypeError, csv.Error) as err:
+        what = f"missing column {err}" if isinstance(err, KeyError) else str(err)
+        raise UserError(f"{path} line {reader.line_num} is not a trial record: {what}") from None
+    return list(records.values())

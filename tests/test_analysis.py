@@ -200,6 +200,44 @@ def test_png_plot_has_log_cost_axis_step_front_and_seed_label(df: pd.DataFrame,
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_png_plot_reads_well(df: pd.DataFrame) -> None:
+    """Accuracy in percent, front members labelled with trial ids, cost ticks labelled across
+    the data, the image size in the title, the hypervolume panel on its whole 0-1 range."""
+    from matplotlib.ticker import PercentFormatter
+
+    from analysis.plots import front_figure
+
+    fig = front_figure(df, "accuracy,macs", image_size="8 px")
+    ax, hv_ax = fig.axes
+    assert isinstance(ax.yaxis.get_major_formatter(), PercentFormatter)
+    assert ax.get_ylabel() == "validation top-1 (%)"
+    labels = [t.get_text() for t in ax.texts]
+    assert set(fr.pareto_front(df, "accuracy,macs")["trial_id"]) <= set(labels)
+    assert "8 px" in ax.get_title()
+    plotted = df[df["macs"].notna() & df["accuracy"].notna()]["macs"]
+    fig.draw_without_rendering()
+    low, high = ax.get_xlim()
+    ticks = [(loc, label.get_text()) for loc, label in zip(ax.get_xticks(),
+                                                           ax.get_xticklabels(), strict=True)]
+    inside = [text for loc, text in ticks
+              if plotted.min() * 0.95 <= loc <= plotted.max() * 1.05 and low <= loc <= high]
+    assert len(inside) >= 3 and all(inside), ticks
+    assert hv_ax.get_ylim() == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (1.234e6, 9.87e7, [1.2e6, 3.7e6, 1.1e7, 3.3e7, 9.9e7]),
+    (1e6, 1e6, [1e6]),
+    (1.0e6, 1.01e6, [1e6, 1.0025e6, 1.005e6, 1.0075e6, 1.01e6]),
+    (0.0, 5.0, []),
+])
+def test_cost_ticks_spread_over_the_data(low: float, high: float,
+                                         expected: list[float]) -> None:
+    from analysis.plots import cost_ticks
+
+    assert cost_ticks(low, high) == pytest.approx(expected, rel=1e-3)
+
+
 def test_html_hover_shows_spec_and_curve(df: pd.DataFrame, tmp_path: Path) -> None:
     from analysis.plots import front_html, save_html
 
@@ -266,6 +304,32 @@ def test_cli_json_and_csv(small_experiment: Path, df: pd.DataFrame,
     assert len(table) == len(df) and {"status", "state", "spec", "params"} <= set(table.columns)
 
 
+@pytest.mark.parametrize("extra", [[], ["--all"], ["--objectives", "accuracy,latency,macs"]])
+def test_cli_json_has_the_csv_columns(small_experiment: Path, tmp_path: Path, extra: list[str],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--json and --csv: the same rows and columns (the table's, then state, reason, spec)."""
+    exp = small_experiment
+    if "accuracy,latency,macs" in extra:  # a measured latency column on every trial
+        exp = copy_experiment(small_experiment, tmp_path / "lat")
+        rows = pd.read_csv(exp / "trials.csv")
+        rows["latency_ms"] = np.arange(len(rows), dtype=float) + 1.5
+        rows.to_csv(exp / "trials.csv", index=False)
+    code, out, _ = run_cli([exp, "--json", *extra], capsys)
+    assert code == 0
+    rows = json.loads(out)
+    code, out, _ = run_cli([exp, "--csv", *extra], capsys)
+    assert code == 0
+    table = pd.read_csv(StringIO(out), keep_default_na=False)
+    code, out, _ = run_cli([exp, *extra], capsys)
+    header = out.splitlines()[0].split()
+    assert list(table.columns) == header + ["state", "reason", "spec"]
+    assert [list(r) for r in rows] == [list(table.columns)] * len(table)
+    for row, (_, line) in zip(rows, table.iterrows(), strict=True):
+        assert row["spec"] == json.loads(line["spec"])
+        assert row["trial_id"] == line["trial_id"] and row["state"] == line["state"]
+        assert row["macs"] == pytest.approx(float(line["macs"]))
+
+
 def test_cli_compares_several_experiments_with_plots(small_experiment: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     other = copy_experiment(small_experiment, tmp_path / "rerun")
@@ -283,6 +347,9 @@ def test_cli_importance(small_experiment: Path, capsys: pytest.CaptureFixture[st
     code, out, err = run_cli([small_experiment, "--importance"], capsys)
     assert code == 0, err
     assert "parameter importance for accuracy" in out and "parameter importance for macs" in out
+    done = int((load(small_experiment)["state"] == "COMPLETE").sum())
+    assert err == (f"warning: {small_experiment.name} has only {done} completed trials: "
+                   "parameter importances from fewer than 10 are mostly noise\n")
 
 
 @pytest.mark.parametrize("args, message", [

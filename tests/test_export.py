@@ -93,6 +93,7 @@ def test_export_writes_module_weights_metadata_and_onnx(exported: dict[str, Path
     assert meta["costs"]["image_size"] == data["image_size"]
     check = meta["verification"]
     assert check["max_abs_diff"] <= 1e-5 and check["onnx_max_abs_diff"] <= 1e-4
+    assert check["features_max_abs_diff"] <= 1e-5
     model = nas.build_model(ArchSpec.from_dict(meta["spec"]))
     assert check["params"] == sum(p.numel() for p in model.parameters())
     assert meta["selection"] == {"pick": "accuracy", "objectives": ["accuracy", "macs"],
@@ -384,11 +385,24 @@ def test_wrong_module_outputs_fail_and_write_nothing(small_experiment: Path, tmp
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(ex, "generate_source", lambda *a, **k: generate_source(*a, **k).replace(
-        "return self.fc(self.drop(x.mean((2, 3))))",
-        "return self.fc(self.drop(x.mean((2, 3)))) * 1.001"))
+        "return x if pre_logits else self.fc(x)",
+        "return x if pre_logits else self.fc(x) * 1.001"))
     code, _, err = run_export([small_experiment, "--trial", "t0001", "--out",
                                tmp_path / "out"], capsys)
     assert_refused(code, err, "outputs differ from the searched model", tmp_path / "out", rc=1)
+
+
+def test_wrong_backbone_maps_fail_and_write_nothing(small_experiment: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The classifier is right, the features_only backbone is not: still refused."""
+    monkeypatch.setattr(ex, "generate_source", lambda *a, **k: generate_source(*a, **k).replace(
+        "features = [x] if 0 in self.out_indices else []",
+        "features = [x * 1.001] if 0 in self.out_indices else []"))
+    code, _, err = run_export([small_experiment, "--trial", "t0001", "--out",
+                               tmp_path / "out"], capsys)
+    assert_refused(code, err, "the features_only backbone's maps differ from the searched model",
+                   tmp_path / "out", rc=1)
 
 
 def test_module_importing_the_project_fails_verification(
@@ -437,6 +451,34 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_export([small_experiment, *args, "--out", tmp_path / "out"], capsys)
     assert_refused(code, err, message, tmp_path / "out")
+
+
+def test_onnx_without_the_extra_names_it(small_experiment: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what a missing package looks like
+    code, _, err = run_export([small_experiment, "--trial", "t0001", "--out", tmp_path / "out",
+                               "--onnx"], capsys)
+    assert_refused(code, err, "--onnx needs onnx and onnxruntime to write and verify the file "
+                              "(onnxruntime is missing): pip install 'resnest-nas[onnx]'",
+                   tmp_path / "out")
+
+
+def test_module_builds_a_features_only_backbone(exported: dict[str, Path]) -> None:
+    """The exported trial as a backbone: the stage outputs its feature_info describes."""
+    module = import_file(exported["py"])
+    backbone = module.build(pretrained=True, features_only=True).eval()
+    classifier = module.build(pretrained=True).eval()
+    info = backbone.feature_info
+    assert info.module_name() == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    x = torch.randn(2, module.IN_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = backbone(x)
+        assert torch.equal(maps[-1], classifier.forward_features(x))
+        assert torch.equal(classifier.forward_head(maps[-1]), classifier(x))
+    assert [tuple(m.shape[1:]) for m in maps] == [(c, 16 // r, 16 // r) for c, r in
+                                                  zip(info.channels(), info.reduction(),
+                                                      strict=True)]
 
 
 def test_constraints_that_only_conflict_together(small_experiment: Path, df: pd.DataFrame,

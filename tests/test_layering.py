@@ -20,6 +20,7 @@ LAYERS = (
     ("nas.search",),
     ("analysis",),
     ("nas.export", "nas.costs"),
+    ("nas.console",),  # the console script dispatches to every command
 )
 # The one file per library allowed to touch its private names (README names them).
 PRIVATE_OWNERS = {"optuna": "nas/search/pareto.py", "torch": "nas/models/costs.py"}

@@ -103,7 +103,7 @@ def test_cli_module_exits_2_without_traceback(tmp_path: Path) -> None:
     (0.5, 0, None, "error"),  # local: Tune would wait for a GPU until the budget ran out
     (2, 1, None, "error"),
     (0.5, 0, "auto",
-     "note: --gpus-per-trial 0.5 asks for more GPUs per trial than the Ray cluster"),
+     "note: --gpus-per-trial 0.5 asks for more GPUs per trial than any node of the Ray cluster"),
     (0, 2, None, "note: Ray sees 2 GPU(s) but --gpus-per-trial is 0"),
     (0.25, 1, None, ""),
     (0, 0, None, ""),
@@ -117,6 +117,26 @@ def test_check_gpus(per_trial: float, available: float, address: str | None, out
             check_gpus(per_trial, available, address)
         return
     check_gpus(per_trial, available, address)
+    err = capsys.readouterr().err
+    assert (outcome in err) if outcome else err == ""
+
+
+@pytest.mark.parametrize(("per_trial", "available", "address", "outcome"), [
+    (64, 2, None, "error"),  # local: Tune would queue the trial until the budget ran out
+    (2.5, 2, None, "error"),
+    (8, 4, "auto", "note: --cpus-per-trial 8 asks for more CPUs per trial than any node"),
+    (2, 2, None, ""),
+    (0.5, 1, "auto", ""),
+])
+def test_check_cpus(per_trial: float, available: float, address: str | None, outcome: str,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    from nas.search.cli import check_cpus
+
+    if outcome == "error":
+        with pytest.raises(UserError, match=f"use at most --cpus-per-trial {available:g}"):
+            check_cpus(per_trial, available, address)
+        return
+    check_cpus(per_trial, available, address)
     err = capsys.readouterr().err
     assert (outcome in err) if outcome else err == ""
 
@@ -357,7 +377,9 @@ def test_resume_of_a_damaged_study_is_one_line_exit_2(tmp_path: Path) -> None:
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == done.stderr.splitlines()[-1:]  # Ray's start-up notes may come before it
     assert str(exp / "study.journal") in errors[0] and "Traceback" not in done.stderr
-    assert _snapshot(tmp_path) == before
+    after = _snapshot(tmp_path)
+    assert after.pop("out/resnest/driver.lock") == hashlib.sha256(b"").hexdigest()  # released
+    assert after == before
 
 
 def test_an_experiment_from_before_the_journal_opens_its_sqlite_study(tmp_path: Path) -> None:

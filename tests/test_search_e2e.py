@@ -18,6 +18,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from nas.experiment import read_trials_csv
+from nas.search.recovery import is_interrupted
 from search_spaces import named_point
 
 REQUIRED_COLUMNS = {"trial_id", "state", "reason", "tag", "spec", "params", "macs", "latency_ms",
@@ -140,12 +141,15 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_resume_after_kill_9_loses_and_reruns_nothing(tmp_path: Path) -> None:
+    """Killed with trials running, resumed: finished trials are kept as they were, the cut-short
+    architectures run again without counting twice, and every file is as readable by the group
+    as the umask (here 027) allows."""
     exp = tmp_path / "rs"
     cmd = [sys.executable, "-m", "nas.search", "--smoke", "--time-budget", "15m", "--out",
            str(tmp_path), "--name", "rs",
            "--trials", "6", "--epochs", "2", "--pruner", "none"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+                              start_new_session=True, umask=0o027)
     try:
         _wait_for(lambda: sum(r.state == "COMPLETE" for r in read_trials_csv(exp)) >= 2
                   if (exp / "trials.csv").exists() else False, 300, "two completed trials")
@@ -154,17 +158,42 @@ def test_resume_after_kill_9_loses_and_reruns_nothing(tmp_path: Path) -> None:
         driver.wait()
     before = {r.trial_id: r for r in read_trials_csv(exp) if r.state == "COMPLETE"}
     stamps = {t: (exp / "trials" / t / "checkpoint.pt").stat().st_mtime_ns for t in before}
-    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=420)
+    started = {r.spec for r in read_trials_csv(exp)}
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=420,
+                          umask=0o027)
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = {r.trial_id: r for r in read_trials_csv(exp)}
     for trial_id, record in before.items():
         assert after[trial_id] == record  # kept exactly, not re-run
         assert (exp / "trials" / trial_id / "checkpoint.pt").stat().st_mtime_ns == stamps[trial_id]
-    finished = [r for r in after.values() if r.state in ("COMPLETE", "PRUNED")]
-    assert len(finished) >= 6 - sum(r.reason.startswith("interrupted") for r in after.values())
+    finished = [r for r in after.values() if not is_interrupted(r)]
+    assert len(finished) == 6 and all(r.state == "COMPLETE" for r in finished)
+    assert started <= {r.spec for r in finished}  # every architecture started was evaluated
     assert not [r for r in after.values() if r.state == "RUNNING"]
     assert not [t for t in load_study(exp).trials if t.state.name == "RUNNING"]
     assert json.loads((exp / "experiment.json").read_text())["trials"] == 6
+    modes = {p: p.stat().st_mode & 0o777 for p in exp.rglob("*") if not p.is_symlink()}
+    assert {p: m for p, m in modes.items() if m & 0o040 == 0 or m & 0o007} == {}
+
+
+@pytest.mark.slow
+def test_a_second_driver_is_refused_and_the_first_finishes(tmp_path: Path) -> None:
+    exp = tmp_path / "two"
+    cmd = [sys.executable, "-m", "nas.search", "--smoke", "--time-budget", "15m", "--out",
+           str(tmp_path), "--name", "two", "--trials", "3", "--epochs", "2", "--pruner", "none"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(r.state == "RUNNING" for r in read_trials_csv(exp))
+              if (exp / "trials.csv").exists() else False, 300, "a running trial")
+    for extra in (["--resume"], []):
+        second = subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+        assert f"being searched by another driver (pid {first.pid} on host" in second.stderr
+    out, err = first.communicate(timeout=420)
+    assert first.returncode == 0, err[-3000:]
+    records = read_trials_csv(exp)
+    assert [r.trial_id for r in records] == ["t0000", "t0001", "t0002"]
+    assert all(r.state == "COMPLETE" for r in records)
 
 
 @pytest.mark.slow

@@ -161,9 +161,12 @@ def available_gpus() -> float:
     return float(ray.available_resources().get("GPU", 0.0))
 
 
-def cluster_gpus() -> float:
-    """GPUs of the connected Ray cluster's current nodes (an autoscaler may add more later)."""
-    return float(ray.cluster_resources().get("GPU", 0.0))
+def largest_node() -> tuple[float, float]:
+    """(CPUs, GPUs) of the biggest live node of each kind: a trial asking for more than that
+    waits in Tune's queue until a bigger node joins."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return (max((float(r.get("CPU", 0.0)) for r in nodes), default=0.0),
+            max((float(r.get("GPU", 0.0)) for r in nodes), default=0.0))
 
 
 class _ControllerSearcher(Searcher):
@@ -225,6 +228,19 @@ class _ControllerScheduler(FIFOScheduler):
         super().on_trial_error(tune_controller, trial)
 
 
+class _StatusCallback(tune.Callback):
+    """Tune calls `on_step_begin` on every loop of its driver, reports or not: the controller's
+    `status_of_running` decides when a line is due (every 30 s while trials run)."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        line = self.controller.status_of_running()
+        if line is not None:
+            self.controller.log(line)
+
+
 def _trial_dirname(trial: Any) -> str:
     """Ray's folder for a trial is named like ours (ray/t0003 beside trials/t0003)."""
     return f"{Path(trial.config.get('trial_dir') or trial.trial_id).name}_{trial.trial_id}"
@@ -250,6 +266,10 @@ def connect(address: str | None, num_cpus: int | None = None, verbose: bool = Fa
                               "configure_logging": verbose}
     if not verbose:
         kwargs["logging_level"] = logging.ERROR
+        # Ray's driver-side warnings (e.g. "Token authentication is enabled for this Ray
+        # cluster", logged by every new local cluster) go through the "ray" logger, which
+        # configure_logging=False leaves unconfigured: its level keeps them for --verbose.
+        logging.getLogger("ray").setLevel(logging.ERROR)
     if address:
         try:
             ray.init(address=address, **kwargs)
@@ -326,6 +346,7 @@ def run_search(
             verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[_StatusCallback(controller)],
         ),
     )
     tuner.fit()

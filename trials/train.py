@@ -7,6 +7,12 @@ mismatch is an error unless `--adapt` is given.
 Writes to --out: `spec.json` (the trained spec), `checkpoint.pt` (every epoch), `metrics.jsonl` (one
 record per epoch), `result.json` (`val_top1`, `test_top1`, `epochs`, `seconds`, ...). `--resume`
 continues the run in --out from its checkpoint with its saved settings.
+
+`--init-from PATH` starts from trained weights: an export directory of `python -m nas.export` (or
+one of its files), a run directory (this command's --out, or a search trial's directory) or a
+checkpoint file. Without --arch the architecture is theirs; the classifier is replaced when the
+data has another class count, and every other tensor must fit exactly. result.json then names the
+weights in `init_from`; `python -m nas.export DIR --out EXPORT` exports the run.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from nas.models.builder import load_weights
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
@@ -40,38 +50,111 @@ _CONFIG_OPTIONS = (
 
 
 def parser() -> argparse.ArgumentParser:
+    """Every option's help states its default (flags are off unless given)."""
     p = OneLineParser(prog="python -m trials.train", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
-    add("--arch", help="named point, SPACE:SEED (e.g. resnest:0), or spec JSON file/text")
-    add("--data", help="digits (default) | cifar10:PATH | cifar100:PATH | folder:PATH")
-    add("--epochs", type=int, help="epochs (default 10)")
-    add("--out", type=Path, help="output directory (default runs/train-<time>)")
+    add("--arch", help="named point, SPACE:SEED (e.g. resnest:0), or spec JSON file/text "
+                       "(default: none, required unless --resume or --init-from)")
+    add("--init-from", type=Path, metavar="PATH",
+        help="start from these weights: an export directory, a run directory or a checkpoint "
+             "file (default: none, a fresh initialisation)")
+    add("--data", help="digits | fashion-mnist[:PATH] | idx:PATH | cifar10:PATH | cifar100:PATH "
+                       "| folder:PATH (default: digits)")
+    add("--epochs", type=int, help="epochs (default: 10)")
+    add("--out", type=Path, help="output directory (default: runs/train-<time>)")
     add("--image-size", type=int,
-        help="input side in px (default: digits 16, CIFAR 32, folder 64)")
-    add("--batch-size", type=int, help="training batch (default 64)")
-    add("--lr", type=float, help="peak learning rate (default sgd 0.1, adamw 0.002)")
-    add("--optimizer", choices=("sgd", "adamw"), help="sgd with Nesterov (default) or adamw")
+        help="input side in px (default: digits 16, fashion-mnist/idx 28, CIFAR 32, folder 64)")
+    add("--batch-size", type=int, help="training batch (default: 64)")
+    add("--lr", type=float, help="peak learning rate (default: sgd 0.1, adamw 0.002)")
+    add("--optimizer", choices=("sgd", "adamw"),
+        help="sgd with Nesterov or adamw (default: sgd)")
     add("--weight-decay", type=float,
-        help="default sgd 5e-4, adamw 0.05 (not on norms/biases)")
-    add("--momentum", type=float, help="SGD momentum (default 0.9)")
-    add("--label-smoothing", type=float, help="default 0.1")
+        help="not on norms/biases (default: sgd 5e-4, adamw 0.05)")
+    add("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    add("--label-smoothing", type=float, help="(default: 0.1)")
     add("--warmup-epochs", type=float,
-        help="linear warm-up before the cosine decay (default 1)")
-    add("--grad-clip", type=float, help="max gradient norm, 0 disables (default 5)")
-    add("--seed", type=int, help="training seed (default 0); the data split is fixed")
-    add("--device", help="auto (default) | cpu | cuda[:N]")
+        help="linear warm-up before the cosine decay (default: 1)")
+    add("--grad-clip", type=float, help="max gradient norm, 0 disables (default: 5)")
+    add("--seed", type=int, help="training seed; the data split is fixed (default: 0)")
+    add("--device", help="auto | cpu | cuda[:N] (default: auto)")
     add("--threads", type=int,
-        help="torch CPU threads (default: torch's choice); use 1 on a shared CPU")
-    add("--workers", type=int, help="DataLoader workers for large image folders")
-    add("--val-fraction", type=float, help="val share carved from train when absent (0.1)")
+        help="torch CPU threads; use 1 on a shared CPU (default: torch's choice)")
+    add("--workers", type=int,
+        help="DataLoader workers for large image folders (default: the CPU threads)")
+    add("--val-fraction", type=float,
+        help="val share carved from train when absent (default: 0.1)")
     add("--train-fraction", type=float,
-        help="train on a fixed stratified subset (default 1)")
+        help="train on a fixed stratified subset (default: 1)")
     add("--adapt", action="store_true",
         help="retarget a spec JSON's classes/channels to the data")
     add("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")
     add("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+@dataclass(frozen=True)
+class InitSource:
+    """Weights to start from (--init-from): where, what kind, their architecture and tensors."""
+
+    path: Path
+    kind: str  # "export", "run" or "checkpoint"
+    spec: ArchSpec
+    weights: dict[str, torch.Tensor]
+
+
+def _none_of_the_kinds(path: Path) -> UserError:
+    return UserError(
+        f"--init-from {path} is none of: an export directory of python -m nas.export (one "
+        f"NAME.safetensors), a run directory ({RunDir(path).checkpoint.name} of trials.train or a "
+        "search trial's OUT/NAME/trials/<id>) or a checkpoint file")
+
+
+def _from_export(weights: Path) -> InitSource:
+    """An export's weights: the spec travels in the .safetensors file's metadata."""
+    if not weights.is_file():
+        raise UserError(f"--init-from: the export's weights {weights} do not exist")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            spec_json = (f.metadata() or {}).get("spec")
+        tensors = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for foreign files
+        raise UserError(f"--init-from {weights} is not a readable .safetensors file: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                        ) from None
+    if spec_json is None:
+        raise UserError(f"--init-from {weights} names no architecture (no spec in its metadata): "
+                        "it is not an export of python -m nas.export")
+    return InitSource(weights, "export", ArchSpec.from_json(spec_json), tensors)
+
+
+def _from_checkpoint(path: Path, kind: str) -> InitSource:
+    state = load_checkpoint(path)
+    return InitSource(path, kind, ArchSpec.from_dict(state["spec"]), dict(state["model"]))
+
+
+def init_source(path: Path) -> InitSource:
+    """Read --init-from PATH: an export directory (or one of its files), a run directory or a
+    checkpoint file; anything else, or an ambiguous directory, is one clear error."""
+    if not path.exists():
+        raise UserError(f"--init-from {path} does not exist")
+    if path.is_dir():
+        if RunDir(path).checkpoint.is_file():
+            return _from_checkpoint(RunDir(path).checkpoint, "run")
+        exports = sorted(path.glob("*.safetensors"))
+        if len(exports) > 1:
+            raise UserError(f"--init-from {path} holds {len(exports)} exports "
+                            f"({', '.join(e.stem for e in exports)}); pass one of its files, "
+                            f"e.g. {exports[0]}")
+        if not exports:
+            raise _none_of_the_kinds(path)
+        return _from_export(exports[0])
+    if path.suffix in (".safetensors", ".json", ".py", ".onnx"):
+        return _from_export(path.with_suffix(".safetensors"))
+    try:
+        return _from_checkpoint(path, "checkpoint")
+    except UserError:
+        raise _none_of_the_kinds(path) from None
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -126,9 +209,16 @@ def train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     run = RunDir(out)
     given = _config(args)
+    if args.init_from is not None and args.resume:
+        raise UserError("--init-from starts a new run from other weights and --resume "
+                        "continues this one from its own checkpoint: pass one of them")
     _check_out(out, args.resume)
     started = time.perf_counter()
-    state = None
+    state, init = None, None
+    if args.init_from is not None:
+        init = init_source(args.init_from)
+        if "spec" not in given:  # their architecture; the classifier follows the data
+            given.update(spec=init.spec.to_dict(), adapt=True)
     if args.resume:
         config, state = _resume_config(out, given)
     elif "spec" not in given:
@@ -137,6 +227,14 @@ def train(args: argparse.Namespace) -> int:
         config = build_trial_config({**given, "trial_dir": str(out)})
     trial = Trial(config, checkpoint=state, threads=args.threads, include_test=True)
     data, spec, costs = trial.data, trial.spec, trial.costs
+    if init is not None:
+        try:
+            replaced = load_weights(trial.trainer.model, init.weights)
+        except UserError as err:
+            raise UserError(f"--init-from {init.path}: {err}") from None
+        head = (f"; classifier replaced ({init.spec.num_classes} -> {spec.num_classes} classes)"
+                if replaced else "")
+        print(f"starting from the weights of {init.kind} {init.path}{head}", file=sys.stderr)
     _make_out(out)
     run.spec.write_text(spec.to_json(indent=2) + "\n")
     sizes = "/".join(str(n) for n in data.describe()["sizes"].values())
@@ -149,6 +247,8 @@ def train(args: argparse.Namespace) -> int:
     trial.trainer.on_step = lambda: bar.update(1)
     result: dict[str, Any] = {"spec_tag": spec.tag, "data": data.name,
                               "image_size": data.image_size, **costs}
+    if init is not None:
+        result["init_from"] = str(init.path)
     try:
         for record in trial.run():  # writes the checkpoint, metrics and spec to out
             bar.set_postfix(epoch=record["epoch"], loss=f"{record['train_loss']:.3f}",

@@ -4,7 +4,8 @@ The module is imported in a fresh interpreter (`python -E`: PYTHONPATH and other
 ignored; started in an empty directory) whose sys.path holds no directory of this project and whose
 import system refuses this project's packages (an editable install would otherwise still find
 them), so an export that secretly depends on `nas` or `search_spaces` fails here instead of on the
-user's machine. Not `-I`: that also drops the user site, where torch may live.
+user's machine. Not `-I`: that also drops the user site, where torch may live. The module is
+checked both ways it is used: as the classifier and as a `features_only` backbone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nas.models.builder import build_model
+from nas.models.builder import build_model, load_weights
 from search_spaces.spec import ArchSpec
 
 OUTPUT_TOLERANCE = 1e-5
@@ -49,9 +50,11 @@ sys.path.insert(0, directory)
 import torch
 module = __import__(name)
 model = module.build(pretrained=True).eval()
+backbone = module.build(pretrained=True, features_only=True).eval()
 x = torch.load(io + "/input.pt", weights_only=True)
 with torch.no_grad():
     torch.save(model(x), io + "/output.pt")
+    torch.save(backbone(x), io + "/features.pt")
 print(json.dumps({"params": sum(p.numel() for p in model.parameters()), "file": module.__file__,
                   "project_modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
 """
@@ -59,6 +62,15 @@ print(json.dumps({"params": sum(p.numel() for p in model.parameters()), "file": 
 
 class VerificationError(Exception):
     """The exported files do not reproduce the searched model: the export must not be used."""
+
+
+def reference_features(spec: ArchSpec, weights: dict[str, torch.Tensor],
+                       x: torch.Tensor) -> list[torch.Tensor]:
+    """Every feature map of `build_model(features_only=True)` with the weights, for input `x`."""
+    model = build_model(spec, features_only=True)
+    load_weights(model, weights)
+    with torch.no_grad():
+        return model.eval()(x)
 
 
 def reference_outputs(spec: ArchSpec, weights: dict[str, torch.Tensor],
@@ -75,8 +87,9 @@ def reference_outputs(spec: ArchSpec, weights: dict[str, torch.Tensor],
 
 
 def verify_module(module_file: Path, x: torch.Tensor, reference: torch.Tensor, params: int,
-                  workdir: Path) -> dict[str, Any]:
-    """Import `module_file` in a fresh, project-free interpreter; compare params and outputs."""
+                  workdir: Path, features: list[torch.Tensor]) -> dict[str, Any]:
+    """Import `module_file` in a fresh, project-free interpreter; compare params, outputs and
+    (as a `features_only` backbone) every feature map."""
     io = workdir / "io"
     io.mkdir()
     torch.save(x, io / "input.pt")
@@ -104,7 +117,15 @@ def verify_module(module_file: Path, x: torch.Tensor, reference: torch.Tensor, p
     if not diff <= OUTPUT_TOLERANCE:
         raise VerificationError(f"outputs differ from the searched model by {diff:.3g} "
                                 f"(tolerance {OUTPUT_TOLERANCE:g})")
+    maps = torch.load(io / "features.pt", weights_only=True)
+    shapes = [tuple(m.shape) for m in maps] == [tuple(f.shape) for f in features]
+    feature_diff = (max((a - b).abs().max().item() for a, b in zip(maps, features, strict=True))
+                    if shapes else float("inf"))
+    if not feature_diff <= OUTPUT_TOLERANCE:
+        raise VerificationError(f"the features_only backbone's maps differ from the searched "
+                                f"model's by {feature_diff:.3g} (tolerance {OUTPUT_TOLERANCE:g})")
     return {"params": params, "max_abs_diff": diff, "tolerance": OUTPUT_TOLERANCE,
+            "features_max_abs_diff": feature_diff,
             "input": f"randn{tuple(x.shape)} seed {VERIFY_SEED}",
             "fresh_process": "python -E in an empty directory, project packages refused"}
 

@@ -6,6 +6,10 @@ it verbatim into every exported module, so search and export run one implementat
 parameter names follow timm's ResNet/ResNeSt (`conv1.{0,1,3,4,6}`, `bn1`,
 `layerN.M.{conv1,bn1,conv2,...,downsample.{0,1,2}}`, `fc`; split attention's `conv`, `bn0`,
 `fc1`, `bn1`, `fc2`), so timm and ResNeSt-authors state dicts load with `strict=True`.
+
+The backbone API follows timm too: `forward_features` (the last feature map), `forward_head`,
+`num_features`, `feature_info` (channels and reduction of the stem and of every stage), and
+`ResNeStFeatures`, timm's `features_only` model (a list of feature maps at `out_indices`).
 """
 
 from __future__ import annotations
@@ -176,11 +180,47 @@ def make_stem(stem: str, width: int, in_channels: int, input_regime: str
     return conv1, _bn(out_channels), pool
 
 
+class FeatureInfo(list):
+    """timm's `feature_info`: one dict per feature map, `num_chs` (channels), `reduction` (input
+    side / map side) and `module` (the child whose output it is), with timm's accessors."""
+
+    def channels(self, idx: int | None = None) -> list[int] | int:
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None) -> list[int] | int:
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None) -> list[str] | str:
+        return self._get("module", idx)
+
+    def _get(self, key: str, idx: int | None) -> object:
+        return [info[key] for info in self] if idx is None else self[idx][key]
+
+
+def feature_indices(count: int, out_indices: tuple[int, ...] | list[int] | None
+                    ) -> tuple[int, ...]:
+    """`out_indices` as increasing indices into `count` feature maps (negative ones count from the
+    end, as in Python); None means all of them. Anything else is a ValueError saying what exists."""
+    if out_indices is None:
+        return tuple(range(count))
+    given = tuple(out_indices)
+    bad = [i for i in given if isinstance(i, bool) or not isinstance(i, int)
+           or not -count <= i < count]
+    chosen = sorted({i % count for i in given if i not in bad})
+    if not given or bad or len(chosen) != len(given):
+        problem = (f"index {bad[0]!r} does not exist" if bad else "no index given" if not given
+                   else "an index repeats")
+        raise ValueError(f"out_indices {given}: {problem}; this network has feature maps 0 "
+                         f"(stem) to {count - 1} (layer{count - 1})")
+    return tuple(chosen)
+
+
 class ResNeSt(nn.Module):
     """Stem -> stages of bottlenecks -> global average pool -> dropout -> linear.
 
     `plan` holds one tuple of `BlockRow`s per stage (1 to MAX_STAGES stages); the classifier's
-    width is the last block's output width.
+    width is the last block's output width. `num_classes=0` leaves the classifier out (timm's
+    meaning): the forward then returns the pooled features.
     """
 
     def __init__(self, stem: str, stem_width: int, in_channels: int, input_regime: str,
@@ -190,32 +230,111 @@ class ResNeSt(nn.Module):
         if not 1 <= len(plan) <= MAX_STAGES or not all(plan):
             raise ValueError(f"plan needs 1 to {MAX_STAGES} stages of at least one block, got "
                              f"stages of {[len(blocks) for blocks in plan]} blocks")
-        self.conv1, self.bn1, self.maxpool = make_stem(stem, stem_width, in_channels,
-                                                       input_regime)
+        # act1 is registered before maxpool: children in forward order, so torchvision's
+        # IntermediateLayerGetter (BackboneWithFPN) runs the stem exactly as `forward` does.
+        self.conv1, self.bn1, pool = make_stem(stem, stem_width, in_channels, input_regime)
         self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = pool
         stages = [nn.Sequential(*(Bottleneck(*row) for row in blocks)) for blocks in plan]
         # timm's names layer1..layerN; absent stages are stateless identities so one static
         # forward (no loop over named children) scripts and exports for any depth.
         for i in range(MAX_STAGES):
             self.add_module(f"layer{i + 1}", stages[i] if i < len(stages) else nn.Identity())
+        self.num_features = stages[-1][-1].bn3.num_features
         self.drop: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(stages[-1][-1].bn3.num_features, num_classes)
+        self.fc: nn.Module = (nn.Linear(self.num_features, num_classes) if num_classes > 0
+                              else nn.Identity())
+        # Prefixes of trained tensors this model may lack by design (`load_pretrained`).
+        self.pretrained_skip: tuple[str, ...] = ("fc.",)
+        # Reductions: the stem's activation (stride 2 or 1), then each stage's first stride.
+        reduction = 2 if input_regime == "imagenet" else 1
+        self.feature_info = FeatureInfo(
+            [{"num_chs": self.bn1.num_features, "reduction": reduction, "module": "act1"}])
+        reduction *= 2 if input_regime == "imagenet" else 1  # the max pool
+        for i, blocks in enumerate(plan):
+            reduction *= blocks[0][6]
+            self.feature_info.append({"num_chs": blocks[-1][1] * EXPANSION,
+                                      "reduction": reduction, "module": f"layer{i + 1}"})
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map (unpooled)."""
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.layer6(self.layer5(self.layer4(x)))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(x.mean((2, 3))))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, dropout and classify a `forward_features` map; `pre_logits` stops before `fc`."""
+        x = self.drop(x.mean((2, 3)))
+        return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_batch(self, x: torch.Tensor) -> None:
         if self.training and x.shape[0] < 2:
             raise ValueError(
                 "train-mode forward needs batch size >= 2: BatchNorm normalises over the batch "
                 "(the attention BN sees one 1x1 value per channel); use eval() for batch size 1"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_batch(x)
         return self.forward_head(self.forward_features(x))
+
+
+class ResNeStFeatures(ResNeSt):
+    """timm's `features_only` model: the network without its head and without the stages after
+    the last feature map, whose forward returns the feature maps at `out_indices` (0 = the stem's
+    activation, i = layer i; default all) in network order; `feature_info` describes those maps
+    only. Its tensors are named as in `ResNeSt`, so a trained classifier's weights load into it
+    (`load_pretrained` leaves out the head and the dropped stages)."""
+
+    def __init__(self, stem: str, stem_width: int, in_channels: int, input_regime: str,
+                 plan: tuple[tuple[BlockRow, ...], ...],
+                 out_indices: tuple[int, ...] | list[int] | None = None) -> None:
+        super().__init__(stem, stem_width, in_channels, input_regime, plan, 0.0, 0)
+        self.out_indices = feature_indices(len(self.feature_info), out_indices)
+        self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
+        dropped = range(self.out_indices[-1] + 1, len(plan) + 1)  # stages no map comes from
+        for i in dropped:
+            setattr(self, f"layer{i}", nn.Identity())
+        self.pretrained_skip += tuple(f"layer{i}." for i in dropped)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        self.check_batch(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        features = [x] if 0 in self.out_indices else []
+        x = self.maxpool(x)
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4, self.layer5, self.layer6)
+        for index, stage in enumerate(stages[:self.out_indices[-1]], start=1):  # none past it
+            x = stage(x)
+            if index in self.out_indices:
+                features.append(x)
+        return features
+
+
+def load_pretrained(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load trained weights into `model` for fine-tuning or feature extraction: every tensor the
+    model has, strictly (name and shape), except the classifier `fc.*`, which is kept as
+    initialised where its shape differs (another class count); tensors of parts the model lacks
+    by design (`pretrained_skip`: a head, a features-only model's dropped stages) are ignored.
+    Returns the names kept as initialised; the first tensor that does not fit is a ValueError
+    naming it."""
+    own = model.state_dict()
+    kept = [k for k in own if k.startswith("fc.") and k in state
+            and tuple(state[k].shape) != tuple(own[k].shape)]
+    for name, tensor in own.items():  # in the network's order: the first misfit is named
+        if name in kept:
+            continue
+        if name not in state:
+            raise ValueError(f"the weights have no tensor {name} (shape {tuple(tensor.shape)})")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)} in the weights "
+                             f"but {tuple(tensor.shape)} in this network")
+    skip = tuple(getattr(model, "pretrained_skip", ("fc.",)))
+    extra = [k for k in state if k not in own and not k.startswith(skip)]
+    if extra:
+        raise ValueError(f"the weights hold tensor {extra[0]}, which this network does not have")
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in kept},
+                          strict=not kept)
+    return kept
 
 
 def init_weights(model: nn.Module) -> None:

@@ -8,9 +8,14 @@ cluster. Everything the run decides is in OUT/NAME (see `nas.experiment`).
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import shutil
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,9 @@ import torch
 from nas.experiment import (
     ExperimentConfig,
     ExperimentDir,
+    TrialRecord,
+    close_storage,
+    driver_lock,
     load_config,
     open_storage,
     prepare_directory,
@@ -32,6 +40,7 @@ from nas.models.costs import measure_costs, static_costs
 from nas.search.anchor import cheapest_corner, corner_specs
 from nas.search.controller import CONSTRAINT_COLUMNS, SearchController, adapt_to_task
 from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
+from nas.search.recovery import check_same_experiment
 from nas.search.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
@@ -64,10 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search ResNeSt-family architectures for accuracy versus cost.",
     )
     p.add_argument("--space", default="resnest", help=f"search space: {', '.join(list_spaces())}")
-    p.add_argument("--preset", default=None, help=f"space bounds: {', '.join(list_presets())}")
+    p.add_argument("--preset", default=None,
+                   help=f"space bounds: {', '.join(list_presets())} (default: the space's own)")
     p.add_argument("--data", default="digits",
-                   help="digits | cifar10:PATH | cifar100:PATH | folder:PATH")
-    p.add_argument("--image-size", type=int, default=None, help="training resolution (px)")
+                   help="digits | fashion-mnist[:PATH] | idx:PATH | cifar10:PATH | cifar100:PATH"
+                        " | folder:PATH")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="training resolution in px (default: the dataset's: digits 16, "
+                        "fashion-mnist/idx 28, CIFAR 32, folder 64)")
     p.add_argument("--objectives", default="accuracy,macs",
                    help=f"comma list of {', '.join(OBJECTIVES)} (accuracy is maximized)")
     p.add_argument("--trials", type=int, default=None, help="architectures to train (default 24)")
@@ -75,22 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs at full fidelity (default 4)")
     p.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--pruner", default="pareto", help=f"one of {', '.join(PRUNERS)}")
-    p.add_argument("--max-macs", type=float, default=None, help="constraint on MACs per image")
-    p.add_argument("--max-params", type=float, default=None, help="constraint on parameters")
+    p.add_argument("--max-macs", type=float, default=None,
+                   help="constraint on MACs per image (default: none)")
+    p.add_argument("--max-params", type=float, default=None,
+                   help="constraint on parameters (default: none)")
     p.add_argument("--max-latency-ms", type=float, default=None,
-                   help="constraint on batch-1 latency measured on the driver's CPU")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+                   help="constraint on batch-1 latency measured on the driver's CPU "
+                        "(default: none)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial holds")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs allowed")
     p.add_argument("--concurrency", type=int, default=None,
                    help="trials at once (default: as many as fit on Ray's free CPUs and, with "
                         "--gpus-per-trial, its GPUs)")
-    p.add_argument("--address", default=None, help="join a Ray cluster (host:port or auto)")
+    p.add_argument("--address", default=None, help="join a Ray cluster, host:port or auto "
+                   "(default: start a local Ray)")
     p.add_argument("--storage", default="",
                    help="Optuna database URL (default: the journal file OUT/NAME/study.journal)")
     p.add_argument("--out", default="experiments", help="directory holding experiments")
     p.add_argument("--name", default="resnest", help="experiment (and study) name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the training")
     p.add_argument("--seed-points", default="",
                    help="named points to evaluate first, comma separated")
     p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
@@ -98,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(anchors the cheap end of the front)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a trial lost with its worker")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch of each trial")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: sgd 0.1, adamw 0.002)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget for tests and a first look (same code path)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
@@ -206,12 +224,31 @@ def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any)
         )
 
 
+def local_cpus() -> int:
+    """CPUs this process may run on (what a local Ray offers, before Ray starts)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def check_cpus(per_trial: float, available: float, address: str | None) -> None:
+    """A trial asking for more CPUs than any node has would wait in Tune's queue until the
+    budget runs out: refuse it locally (a cluster's autoscaler may add bigger nodes: a note)."""
+    if per_trial <= available + 1e-9:
+        return
+    where = "this machine" if not address else "any node of the Ray cluster (now)"
+    message = (f"--cpus-per-trial {per_trial:g} asks for more CPUs per trial than {where} has "
+               f"({available:g})")
+    if not address:
+        raise UserError(f"{message}; use at most --cpus-per-trial {available:g}")
+    print(f"note: {message}; trials wait until bigger nodes join", file=sys.stderr)
+
+
 def check_gpus(per_trial: float, available: float, address: str | None) -> None:
     """A GPU request this machine cannot meet would leave Tune waiting until the budget runs
     out: refuse it locally (a cluster's autoscaler may still add GPUs, so there it is a note).
     GPUs left idle by `--gpus-per-trial 0` get a note: trials then train on the CPUs."""
     if per_trial > available:
-        where = "this machine" if not address else "the Ray cluster (now)"
+        where = "this machine" if not address else "any node of the Ray cluster (now)"
         message = (f"--gpus-per-trial {per_trial:g} asks for more GPUs per trial than {where} "
                    f"has ({available:g})")
         if not address:
@@ -237,18 +274,36 @@ def default_concurrency(cpus: float, gpus: float, cpus_per_trial: float,
     return max(1, fit)
 
 
+class SearchStopped(Exception):
+    """The study or trials.csv stopped accepting writes mid-search (one line, exit 1)."""
+
+
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     config, runtime = config_from_args(args)
     exp = prepare_directory(Path(args.out), config.name, args.resume)
-    if args.resume:
-        stored = load_config(exp)
-        config = replace(
-            stored,
-            trials=args.trials if args.trials is not None else stored.trials,
-            time_budget_s=parse_duration(args.time_budget) if args.time_budget
-            else stored.time_budget_s,
-        )
+    with ExitStack() as held:  # the driver lock and the storage, released however run ends
+        if args.resume:
+            stored = load_config(exp)
+            check_resume_flags(exp, stored, config, given_flags(argv))
+            config = replace(
+                stored,
+                trials=args.trials if args.trials is not None else stored.trials,
+                time_budget_s=parse_duration(args.time_budget) if args.time_budget
+                else stored.time_budget_s,
+            )
+            _note(held.enter_context(driver_lock(exp)))
+        try:
+            return _search(args, config, runtime, exp, held)
+        except KeyboardInterrupt:  # before the search started: nothing to continue
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[str, Any],
+            exp: Path, held: ExitStack) -> int:
+    """Check everything the search needs, open (or create) the experiment, run it on Ray."""
     shape = describe(config.data, config.image_size or None)  # no image is loaded
     config = replace(config, image_size=shape.image_size, num_classes=shape.num_classes,
                      in_channels=shape.in_channels)
@@ -264,17 +319,33 @@ def run(argv: Sequence[str] | None = None) -> int:
     check_satisfiable(space, config, costs)
     if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
         check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
+        check_cpus(runtime["cpus_per_trial"], local_cpus(), None)
     # The default journal lives in the experiment directory; a database is checked before it.
     storage = check_storage(config, exp, args.resume) if args.resume or config.storage else None
+    controller = None
+    if args.resume:  # nothing is created: the study and trials.csv are reconciled first
+        held.callback(close_storage, storage)
+        check_same_experiment(optuna.load_study(study_name=config.name, storage=storage)
+                              .get_trials(), read_records(exp), exp,
+                              study_location(exp, config.storage))
+        study = open_study(config, exp, objectives, True, storage, runtime["verbose"])
+        controller = make_controller(config, exp, study, space, objectives, costs, True)
+        if controller.rebuilt:
+            print(f"note: rebuilt {controller.rebuilt} row(s) of {ExperimentDir(exp).trials_csv} "
+                  f"from the study {study_location(exp, config.storage)}", file=sys.stderr)
+        if not controller.budget_left():
+            print(f"nothing left to run: {exp} has started {controller.launched} of "
+                  f"{config.trials} architectures and none waits to run again; pass a larger "
+                  "--trials to search further")
+            return 0
     ray_runner.connect(runtime["address"], verbose=runtime["verbose"])
+    largest_cpus, largest_gpus = ray_runner.largest_node()
+    check_cpus(runtime["cpus_per_trial"], largest_cpus, runtime["address"])
     if runtime["address"]:
-        check_gpus(runtime["gpus_per_trial"], ray_runner.cluster_gpus(), runtime["address"])
-    exp.mkdir(parents=True, exist_ok=True)
-    storage = storage or check_storage(config, exp, args.resume)
-    study = open_study(config, exp, objectives, args.resume, storage)
-    if not args.resume:
-        atomic_write_text(ExperimentDir(exp).config, config.to_json())
-    controller = make_controller(config, exp, study, space, objectives, costs, args.resume)
+        check_gpus(runtime["gpus_per_trial"], largest_gpus, runtime["address"])
+    if controller is None:
+        storage, study = create_experiment(config, exp, objectives, held, runtime["verbose"])
+        controller = make_controller(config, exp, study, space, objectives, costs, False)
     concurrency = runtime["concurrency"] or default_concurrency(
         ray_runner.available_cpus(), ray_runner.available_gpus(), runtime["cpus_per_trial"],
         runtime["gpus_per_trial"])
@@ -294,44 +365,144 @@ def run(argv: Sequence[str] | None = None) -> int:
               f"--name {config.name} --resume", file=sys.stderr)
         return 130
     controller.close_live("stopped at the end of the search")
+    if controller.failure:
+        raise SearchStopped(controller.failure)
     print_front(controller, objectives)
     return 0
+
+
+def create_experiment(config: ExperimentConfig, exp: Path, objectives: tuple[Objective, ...],
+                      held: ExitStack, verbose: bool = False) -> tuple[Any, Any]:
+    """Make OUT/NAME, lock it, create the study and write experiment.json; the storage and the
+    study. Until experiment.json is written, a failure removes what this made, so the same
+    command can run again."""
+    try:
+        exp.mkdir(parents=True)
+    except FileExistsError:  # another driver made it since prepare_directory looked
+        raise UserError(f"experiment {exp} was just created by another driver; pass --resume "
+                        "once it has started, or choose another --name") from None
+    try:
+        _note(held.enter_context(driver_lock(exp)))
+        storage = check_storage(config, exp, False)
+        study = open_study(config, exp, objectives, False, storage, verbose)
+        atomic_write_text(ExperimentDir(exp).config, config.to_json())
+    except BaseException:
+        shutil.rmtree(exp, ignore_errors=True)
+        raise
+    held.callback(close_storage, storage)
+    return storage, study
+
+
+def _note(text: str) -> None:
+    if text:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def given_flags(argv: Sequence[str]) -> set[str]:
+    """The destinations of the flags `argv` gives explicitly (defaults left out)."""
+    parser, unset = build_parser(), object()
+    # argparse fills in a default only where the namespace has no value yet.
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(
+        vars(parser.parse_args([])), unset)))
+    return {dest for dest, value in vars(given).items() if value is not unset}
+
+
+# Settings a resumed search keeps: the flag, its argparse destination, the setting it decides
+# and a destination that decides it instead when given (--epochs beats --smoke's epochs).
+Setting = Callable[[ExperimentConfig], Any]
+FIXED_ON_RESUME: tuple[tuple[str, str, Setting, str], ...] = (
+    ("--space", "space", lambda c: f"preset {c.preset}", ""),
+    ("--preset", "preset", lambda c: f"preset {c.preset}", ""),
+    ("--data", "data", lambda c: c.data, ""),
+    ("--image-size", "image_size", lambda c: c.image_size, ""),
+    ("--objectives", "objectives", lambda c: ",".join(c.objectives), ""),
+    ("--epochs", "epochs", lambda c: c.epochs, ""),
+    ("--sampler", "sampler", lambda c: c.sampler, ""),
+    ("--pruner", "pruner", lambda c: c.pruner, ""),
+    ("--seed", "seed", lambda c: c.seed, ""),
+    ("--storage", "storage", lambda c: c.storage or "(the journal file)", ""),
+    ("--max-macs", "max_macs", lambda c: c.constraints.get("max_macs"), ""),
+    ("--max-params", "max_params", lambda c: c.constraints.get("max_params"), ""),
+    ("--max-latency-ms", "max_latency_ms", lambda c: c.constraints.get("max_latency_ms"), ""),
+    ("--seed-points", "seed_points", lambda c: ",".join(c.seed_points) or "(none)", ""),
+    ("--anchor/--no-anchor", "anchor", lambda c: c.anchor, ""),
+    ("--batch-size", "batch_size", lambda c: c.train.get("batch_size"), ""),
+    ("--lr", "lr", lambda c: c.train.get("lr"), ""),
+    ("--smoke", "smoke", lambda c: f"epochs {c.epochs}", "epochs"),
+    ("--smoke", "smoke", lambda c: f"image size {c.image_size}", "image_size"),
+)
+
+
+def check_resume_flags(exp: Path, stored: ExperimentConfig, fresh: ExperimentConfig,
+                       given: set[str]) -> None:
+    """Refuse flags given on --resume that would change what the experiment searches (its
+    budgets, --trials and --time-budget, may change), naming the stored values."""
+    differ = []
+    for flag, dest, setting, overridden_by in FIXED_ON_RESUME:
+        if dest not in given or overridden_by in given:
+            continue
+        if setting(fresh) != setting(stored):
+            differ.append(f"{flag} gives {setting(fresh)}, the experiment has {setting(stored)}")
+    if differ:
+        raise UserError(f"cannot resume {exp} with other settings ({'; '.join(differ)}); only "
+                        "--trials and --time-budget may change on resume")
 
 
 def check_storage(config: ExperimentConfig, exp: Path, resume: bool) -> Any:
     """Open the study's storage before anything is written or Ray starts: an unreadable file or
     database, or a new search whose study name is taken, stops here with one line."""
-    storage = open_storage(exp, config.storage, create=not resume)
-    if not resume and config.name in optuna.get_all_study_names(storage):
+    storage = open_storage(exp, config.storage, create=not resume, search=True)
+    names = optuna.get_all_study_names(storage)
+    if not resume and config.name in names:
         raise UserError(f"study {config.name!r} already exists in "
                         f"{study_location(exp, config.storage)}; pass --resume")
+    if resume and config.name not in names:  # a resume never starts the study over
+        raise UserError(f"{study_location(exp, config.storage)} holds no study named "
+                        f"{config.name!r} (this experiment's); restore the experiment's study")
     return storage
 
 
 def open_study(config: ExperimentConfig, exp: Path, objectives: tuple[Objective, ...],
-               resume: bool, storage: Any = None) -> Any:
-    """The experiment's study with its seeded sampler and pruner (storage checked if not given)."""
+               resume: bool, storage: Any = None, verbose: bool = False) -> Any:
+    """The experiment's study with its seeded sampler and pruner (storage checked if not given),
+    labelled for optuna-dashboard. Optuna's INFO lines (one per trial) only with `verbose`."""
     storage = storage if storage is not None else check_storage(config, exp, resume)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     # A resumed search must not replay the seeded sampler's first proposals: offset the seed.
-    existing = len(read_trials_csv(exp)) if resume else 0
+    existing = next((s.n_trials for s in optuna.get_all_study_summaries(
+        storage, include_best_trial=False) if s.study_name == config.name), 0) if resume else 0
     sampler = make_sampler(config.sampler, seed=config.seed + existing, n_trials=config.trials)
     pruner = make_pruner(config.pruner, objectives, epochs=config.epochs)
-    return optuna.create_study(
-        storage=storage, study_name=config.name, sampler=sampler, pruner=pruner,
-        directions=[o.direction for o in objectives], load_if_exists=resume,
-    )
+    if resume:  # loading writes nothing (create_study(load_if_exists) appends to a journal)
+        study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+    else:
+        study = optuna.create_study(storage=storage, study_name=config.name, sampler=sampler,
+                                    pruner=pruner, directions=[o.direction for o in objectives])
+    label_study(study, config, objectives)
+    return study
+
+
+def label_study(study: Any, config: ExperimentConfig, objectives: tuple[Objective, ...]) -> None:
+    """What optuna-dashboard shows of the search: the objectives' names, and every setting the
+    experiment's config stores as a study attribute (each written only when it changed)."""
+    names = [o.name for o in objectives]
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+    for key, value in json.loads(config.to_json()).items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResNeStSpace,
                     objectives: tuple[Objective, ...], costs: Any, resume: bool) -> Any:
-    records = read_trials_csv(exp) if resume else []
-    done = {r.spec.spec_hash for r in records}
+    records = read_records(exp) if resume else []
     seeds = [adapt_to_task(named_point(n), config, space.preset.input_regime)
              for n in config.seed_points]
     if config.anchor and any(o.name != "accuracy" for o in objectives):
         seeds.append(cheapest_corner(space, config))
-    seeds = [s for s in seeds if s.spec_hash not in done]
 
     train = TrainConfig(**{**config.train, "epochs": config.epochs, "seed": config.seed})
 
@@ -348,6 +519,15 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
                             seed_specs=seeds, records=records)
 
 
+def read_records(exp: Path) -> list[TrialRecord]:
+    """trials.csv's records for a resume; a damaged file is refused with what to do about it."""
+    try:
+        return read_trials_csv(exp)
+    except UserError as err:
+        raise UserError(f"{err}; move the file away and --resume rebuilds it from the study, or "
+                        "repair that line") from None
+
+
 def print_front(controller: Any, objectives: tuple[Objective, ...]) -> None:
     front = controller.front()
     print(f"\nPareto front ({len(front)} of {len(controller.records)} trials; "
@@ -361,7 +541,7 @@ def print_front(controller: Any, objectives: tuple[Objective, ...]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(run, argv)
+    return run_cli(run, argv, {SearchStopped: (1, "")})
 
 
 if __name__ == "__main__":

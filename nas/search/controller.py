@@ -8,6 +8,10 @@ does. Optuna refuses `Trial.report` in multi-objective studies, so there interme
 go to a user attribute (see `nas.search.pruner`); a pruned trial is told to Optuna as PRUNED
 (never COMPLETE with a partial accuracy), so it never enters the sampler's model or the front as
 a finished value.
+
+If the study (or trials.csv) stops accepting writes, no new trial starts, running ones are
+stopped, what finished stays recorded in trials.csv, and `failure` says why (the CLI ends the
+search with it); `--resume` later tells the study what it missed (`nas.search.recovery`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,23 @@ from nas.experiment import (
     ExperimentConfig,
     ExperimentDir,
     TrialRecord,
+    study_location,
     write_trials_csv,
 )
 from nas.search.objectives import Objective
 from nas.search.pareto import pareto_mask
 from nas.search.pruner import INTERMEDIATE_ATTR
+from nas.search.recovery import (
+    INTERRUPTED,
+    INVALID,
+    REASON_ATTR,
+    SECONDS_ATTR,
+    is_interrupted,
+    recover,
+    trial_id_of,
+)
 from nas.search.strategy import record_violations
+from search_spaces.cli import one_line
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
@@ -42,6 +57,10 @@ from trials.trial import EPOCH_KEYS
 # Constraint flag -> cost column it bounds.
 CONSTRAINT_COLUMNS = {"max_macs": "macs", "max_params": "params", "max_latency_ms": "latency_ms"}
 MAX_INFEASIBLE_IN_A_ROW = 500
+EPOCHS_ATTR = "epochs"  # a finished trial's trained epochs, for optuna-dashboard
+STATUS_EVERY_S = 30.0  # the longest silence while trials run (`status_of_running`)
+# What a storage that stops accepting writes raises: the journal's file, or a database.
+STORAGE_ERRORS = (OSError, optuna.exceptions.StorageInternalError)
 
 CostFn = Callable[[ArchSpec], dict[str, float]]
 # (trial id, adapted spec, its static costs, checkpoint to resume from) -> the trial's config.
@@ -76,57 +95,84 @@ class SearchController:
         self.objectives, self.cost_fn, self.trial_config_fn, self.log = (
             objectives, cost_fn, trial_config_fn, log
         )
-        self.records: dict[str, TrialRecord] = {r.trial_id: r for r in records}
         self.live: dict[str, optuna.Trial] = {}
         self.pruned: dict[str, str] = {}
         self.started = time.monotonic()
+        self._status_at = self.started  # when status_of_running last gave a line
         self.stopped = False
-        self.queue: list[tuple[ArchSpec, str | None]] = [(s, None) for s in seed_specs]
+        self.failure: str | None = None  # why storage stopped the search
         self._csv_cache: CsvCache = {}  # trials.csv lines of unchanged records
         self._front: list[TrialRecord] | None = None  # recomputed when a trial completes
-        self._recover_interrupted()
+        recovered = recover(study, exp, list(records),
+                            lambda r: self._values(r.accuracy or 0.0, r.costs),
+                            study_location(exp, config.storage))
+        self.records: dict[str, TrialRecord] = {r.trial_id: r for r in recovered.records}
+        self.rebuilt = recovered.rebuilt  # trials.csv rows rebuilt from the study
+        # Interrupted architectures run first and do not count against the budget again.
+        self.reruns = len(recovered.reruns)
+        done = {r.spec.spec_hash for r in self.records.values()}
+        self.queue: list[tuple[ArchSpec, str | None]] = [*recovered.reruns, *(
+            (s, None) for s in seed_specs if s.spec_hash not in done)]
+        if self.records:
+            write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 
     # Budget -----------------------------------------------------------------------------------
     @property
     def launched(self) -> int:
-        return sum(r.state != "INFEASIBLE" for r in self.records.values())
+        """Architectures started (an interrupted trial's re-run is the same architecture)."""
+        return sum(r.state != "INFEASIBLE" and not is_interrupted(r)
+                   for r in self.records.values())
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def budget_left(self) -> bool:
+        """Another trial may start: interrupted architectures still to re-run, or trials and
+        time left."""
         return (
             not self.stopped
-            and self.launched < self.config.trials
+            and (self.reruns > 0 or self.launched < self.config.trials)
             and self.elapsed < self.config.time_budget_s
         )
 
     # Proposals --------------------------------------------------------------------------------
     def next_trial(self) -> tuple[str, dict[str, Any]] | None:
         """The next architecture to train and its trainable config, or None when the budget is
-        spent. Architectures violating a constraint are recorded INFEASIBLE and told to the
-        sampler."""
+        spent (or storage failed). Architectures violating a constraint are recorded INFEASIBLE
+        and told to the sampler."""
+        try:
+            return self._next_trial()
+        except STORAGE_ERRORS as err:
+            self._storage_failed(err)
+            return None
+
+    def _next_trial(self) -> tuple[str, dict[str, Any]] | None:
         for _ in range(MAX_INFEASIBLE_IN_A_ROW):
             if not self.budget_left():
                 return None
+            if self.reruns:  # the queue's first entries are the interrupted architectures
+                self.reruns -= 1
             trial, spec, resume_from = self._propose()
-            trial_id = f"t{trial.number:04d}"
+            trial_id = trial_id_of(trial.number)
+            trial.set_user_attr("spec", spec.to_json())
+            trial.set_user_attr("tag", spec.tag)
             try:
                 costs = self.cost_fn(spec)
             except UserError as err:  # the builder refuses a point the space proposed
+                reason = f"{INVALID}: {err}"
+                trial.set_user_attr(REASON_ATTR, reason)
                 self.study.tell(trial, state=TrialState.FAIL)
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec,
-                                         reason=f"invalid architecture: {err}"))
+                                         reason=reason))
                 continue
             violations = self._violations(costs)
-            trial.set_user_attr("spec", spec.to_json())
-            trial.set_user_attr("tag", spec.tag)
             for key, value in costs.items():
                 trial.set_user_attr(key, value)
             record_violations(trial, violations, constrained=bool(self.config.constraints))
             if any(v > 0 for v in violations):
                 reason = "; ".join(self._violation_text(costs))
+                trial.set_user_attr(REASON_ATTR, reason)
                 self.study.tell(trial, self._values(0.0, costs))
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec, costs,
                                          reason=reason))
@@ -176,12 +222,18 @@ class SearchController:
 
     # Reports ----------------------------------------------------------------------------------
     def on_result(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Record one epoch; True when the pruner says stop."""
-        epoch = self._record_epoch(trial_id, result)
-        if epoch is None or epoch >= self.config.epochs:
-            return False
-        if self.study.pruner.prune(self.study, self._frozen(self.live[trial_id].number)):
-            self.pruned[trial_id] = f"pruned at epoch {epoch} by {self.config.pruner}"
+        """Record one epoch; True when the pruner says stop (or storage failed)."""
+        try:
+            epoch = self._record_epoch(trial_id, result)
+            if self.failure is not None:
+                return True
+            if epoch is None or epoch >= self.config.epochs:
+                return False
+            if self.study.pruner.prune(self.study, self._frozen(self.live[trial_id].number)):
+                self.pruned[trial_id] = f"pruned at epoch {epoch} by {self.config.pruner}"
+                return True
+        except STORAGE_ERRORS as err:
+            self._storage_failed(err)
             return True
         return False
 
@@ -214,7 +266,7 @@ class SearchController:
         if trial_id not in self.live or trial_id not in self.records:
             return
         if result:
-            self._record_epoch(trial_id, result)
+            self._guard(lambda: self._record_epoch(trial_id, result))
         trial = self.live.pop(trial_id)
         record = self.records[trial_id]
         seconds = float((result or {}).get("time_total_s", 0.0) or 0.0)
@@ -223,21 +275,33 @@ class SearchController:
             state, reason = "FAIL", str(failure)
         elif record.epochs >= self.config.epochs:
             state, reason = "COMPLETE", ""
+        elif self.failure is not None and trial_id not in self.pruned:  # cut short, not pruned
+            state, reason = "FAIL", f"{INTERRUPTED}: the study stopped accepting writes"
         else:
             state = "PRUNED"
             reason = self.pruned.get(trial_id, f"stopped at epoch {record.epochs}")
-        if state == "COMPLETE":
-            self.study.tell(trial, self._values(record.accuracy, record.costs))
-        else:
-            self.study.tell(trial, state=getattr(TrialState, state))
-        self._record(replace(record, state=state, reason=reason, seconds=seconds,
-                             checkpoint=self._checkpoint_of(trial_id)))
+
+        def tell() -> None:
+            trial.set_user_attr(REASON_ATTR, reason)
+            trial.set_user_attr(SECONDS_ATTR, seconds)
+            trial.set_user_attr(EPOCHS_ATTR, record.epochs)
+            if state == "COMPLETE":
+                self.study.tell(trial, self._values(record.accuracy, record.costs))
+            else:
+                self.study.tell(trial, state=getattr(TrialState, state))
+
+        self._guard(tell)  # trials.csv records the trial even if the study missed its end
+        self._guard(lambda: self._record(replace(record, state=state, reason=reason,
+                                                 seconds=seconds,
+                                                 checkpoint=self._checkpoint_of(trial_id))))
         self._progress_line(self.records[trial_id])
 
     def close_live(self, reason: str) -> None:
-        """Close trials Ray stopped without a final report (time budget, shutdown) as PRUNED."""
+        """Close trials Ray stopped without a final report (time budget, shutdown) as PRUNED;
+        after a storage failure as interrupted, so `--resume` runs them again."""
         for trial_id in list(self.live):
-            self.pruned.setdefault(trial_id, reason)
+            if self.failure is None:
+                self.pruned.setdefault(trial_id, reason)
             self.on_complete(trial_id, None)
 
     # Persistence and progress ----------------------------------------------------------------
@@ -253,32 +317,23 @@ class SearchController:
         self.records[record.trial_id] = record
         write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 
-    def _recover_interrupted(self) -> None:
-        """After a driver crash, trials left RUNNING in the study are closed as FAIL and queued
-        to run again (continuing from their last checkpoint); finished trials are kept as they
-        are. A trial enqueued but never asked is closed too, so no later ask picks it up."""
-        for _ in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            self.study.tell(self.study.ask(), state=TrialState.FAIL)
-        running = {t.number for t in
-                   self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        for number in sorted(running):
-            self.study.tell(number, state=TrialState.FAIL)
-        for record in list(self.records.values()):
-            if record.state == "RUNNING" and record.number in running:
-                self._requeue(record)
-            elif record.state == "RUNNING":  # csv row whose study trial was already closed
-                self.records[record.trial_id] = replace(record, state="FAIL",
-                                                        reason="interrupted (driver stopped)")
-        if self.records:
-            write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
+    def _guard(self, write: Callable[[], Any]) -> None:
+        """Run a write to the study or trials.csv; a storage failure stops the search."""
+        try:
+            write()
+        except STORAGE_ERRORS as err:
+            self._storage_failed(err)
 
-    def _requeue(self, record: TrialRecord) -> None:
-        """Record an interrupted trial as FAIL and queue its spec to run again from its last
-        checkpoint."""
-        self.queue.append((record.spec, self._checkpoint_of(record.trial_id)))
-        self.records[record.trial_id] = replace(
-            record, state="FAIL", reason="interrupted (driver stopped); re-queued on resume"
-        )
+    def _storage_failed(self, err: Exception) -> None:
+        """No new trial starts and running ones stop; `failure` names the path that failed."""
+        self.stopped = True
+        if self.failure is None:
+            where = getattr(err, "filename", None) or study_location(self.exp,
+                                                                     self.config.storage)
+            detail = getattr(err, "strerror", None) or one_line(err)
+            self.failure = (f"the search stopped: {where} stopped accepting writes "
+                            f"({type(err).__name__}: {detail}); every trial that finished is "
+                            "in trials.csv; make it writable and run again with --resume")
 
     def _checkpoint_of(self, trial_id: str) -> str | None:
         checkpoint = ExperimentDir(self.exp).trial(trial_id).checkpoint
@@ -317,12 +372,28 @@ class SearchController:
             f"front {len(self.front())} | {_clock(self.elapsed)} elapsed, {_clock(left)} left"
         )
 
+    def status_of_running(self, now: float | None = None) -> str | None:
+        """Each running trial's finished epochs and the time left, as one line, at most every
+        STATUS_EVERY_S on the driver's clock (`now`, default `time.monotonic()`); None in between,
+        so a caller may ask on every loop of its own."""
+        now = time.monotonic() if now is None else now
+        if now - self._status_at < STATUS_EVERY_S:
+            return None
+        self._status_at = now
+        running = [f"{tid} epoch {self.records[tid].epochs}/{self.config.epochs}"
+                   for tid in self.live if tid in self.records]
+        elapsed = now - self.started
+        left = max(0.0, self.config.time_budget_s - elapsed)
+        return (f"  running {', '.join(running) or 'none'} | {_clock(elapsed)} elapsed, "
+                f"{_clock(left)} left")
+
     def _progress_line(self, r: TrialRecord) -> None:
         acc = f"{r.accuracy:.1%}" if r.accuracy is not None else "-"
         macs = r.costs.get("macs")
         cost = f"{macs / 1e6:.2f}M MACs" if macs is not None else ""
         why = f" ({r.reason})" if r.reason else ""
-        finished = sum(x.state in ("COMPLETE", "PRUNED", "FAIL") for x in self.records.values())
+        finished = sum(x.state in ("COMPLETE", "PRUNED", "FAIL") and not is_interrupted(x)
+                       for x in self.records.values())
         self.log(
             f"[{finished}/{self.config.trials}] {r.trial_id} {r.state:<8} {r.spec.tag} "
             f"acc {acc} {cost} {r.epochs} ep {r.seconds:.0f}s{why}"
