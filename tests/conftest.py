@@ -203,3 +203,40 @@ def searched_experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out / "fx"
+
+
+# Tests that take seconds each (a fresh interpreter, a local Ray, torch.compile, ONNX, a
+# torchvision detector, whole-network passes over many specs) are kept out of the fast tier
+# (`pytest -m "not slow"`); CI runs every test. Listed here, by test function, in one place.
+SLOW_TESTS = frozenset({
+    "test_console.py::test_rays_token_notice_only_when_verbose",
+    "test_console.py::test_console_script_runs_in_a_real_process",
+    "test_builder.py::test_space_samples_forward_backward",
+    "test_builder.py::test_matches_timm_exactly",
+    "test_builder.py::test_space_samples_have_reference_parameter_counts",
+    "test_backbone.py::test_exported_module_drives_torchvision_fpn_and_faster_rcnn",
+    "test_model_export.py::test_compile_captures_one_graph_and_matches_eager_gradients",
+    "test_model_export.py::test_onnx_export_runs_in_onnxruntime",
+    "test_model_export.py::test_torch_export_with_dynamic_batch",
+    "test_export.py::test_generated_module_equals_build_model",
+    "test_export.py::test_cli_entry_point_prints_one_line",
+    "test_export.py::test_onnx_mismatch_fails_and_writes_nothing",
+    "test_export.py::test_wrong_module_outputs_fail_and_write_nothing",
+    "test_export.py::test_wrong_backbone_maps_fail_and_write_nothing",
+    "test_export.py::test_module_importing_the_project_fails_verification",
+    "test_export.py::test_force_overwrites_existing_outputs",
+    "test_search_cli.py::test_cli_module_exits_2_without_traceback",
+    "test_analysis.py::test_cli_subprocess_not_an_experiment_one_line",
+    "test_costs.py::test_cli_module_entry_point_bad_json_file",
+    "test_costs.py::test_memory_trace_on_meta_equals_real_tensors",
+    "test_fashion_mnist.py::test_the_script_regenerates_the_subset",
+    "test_train_cli.py::test_export_of_an_unfinished_run_needs_allow_partial",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = f"{Path(item.fspath).name}::{getattr(item, 'originalname', item.name)}"
+        if name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+

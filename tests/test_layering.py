@@ -167,3 +167,12 @@ def test_private_names_of_a_library_stay_in_one_file(library: str) -> None:
     users = sorted(str(p.relative_to(ROOT)) for p in SOURCES.values()
                    if _private_uses(p, library))
     assert set(users) <= {PRIVATE_OWNERS[library]}, users
+
+
+def test_the_slow_list_names_tests_that_exist() -> None:
+    """A renamed test must not silently drop out of conftest's list (into the fast tier)."""
+    from conftest import SLOW_TESTS
+
+    missing = [n for n in sorted(SLOW_TESTS)
+               if f"def {n.split('::')[1]}(" not in (ROOT / "tests" / n.split("::")[0]).read_text()]
+    assert missing == []
