@@ -18,6 +18,7 @@ weights in `init_from`; `python -m nas.export DIR --out EXPORT` exports the run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -37,7 +38,7 @@ from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
 from search_spaces.spec import ArchSpec
 from trials.run_dir import RunDir
-from trials.training import TrainingFailed, load_checkpoint
+from trials.training import TrainConfig, TrainingFailed, load_checkpoint
 from trials.trial import Trial
 from trials.trial_config import TrialConfig, build_trial_config
 
@@ -48,6 +49,9 @@ _CONFIG_OPTIONS = (
     "val_fraction", "train_fraction",
 )
 
+
+# Training defaults, stated in --help (the flags default to None: unset keeps TrainConfig's).
+_TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 def parser() -> argparse.ArgumentParser:
     """Every option's help states its default (flags are off unless given)."""
@@ -61,22 +65,24 @@ def parser() -> argparse.ArgumentParser:
              "file (default: none, a fresh initialisation)")
     add("--data", help="digits | fashion-mnist[:PATH] | idx:PATH | cifar10:PATH | cifar100:PATH "
                        "| folder:PATH (default: digits)")
-    add("--epochs", type=int, help="epochs (default: 10)")
+    add("--epochs", type=int, help=f"epochs (default: {_TRAIN['epochs']})")
     add("--out", type=Path, help="output directory (default: runs/train-<time>)")
     add("--image-size", type=int,
         help="input side in px (default: digits 16, fashion-mnist/idx 28, CIFAR 32, folder 64)")
-    add("--batch-size", type=int, help="training batch (default: 64)")
+    add("--batch-size", type=int, help=f"training batch (default: {_TRAIN['batch_size']})")
     add("--lr", type=float, help="peak learning rate (default: sgd 0.1, adamw 0.002)")
     add("--optimizer", choices=("sgd", "adamw"),
         help="sgd with Nesterov or adamw (default: sgd)")
     add("--weight-decay", type=float,
         help="not on norms/biases (default: sgd 5e-4, adamw 0.05)")
-    add("--momentum", type=float, help="SGD momentum (default: 0.9)")
-    add("--label-smoothing", type=float, help="(default: 0.1)")
+    add("--momentum", type=float, help=f"SGD momentum (default: {_TRAIN['momentum']:g})")
+    add("--label-smoothing", type=float, help=f"(default: {_TRAIN['label_smoothing']:g})")
     add("--warmup-epochs", type=float,
-        help="linear warm-up before the cosine decay (default: 1)")
-    add("--grad-clip", type=float, help="max gradient norm, 0 disables (default: 5)")
-    add("--seed", type=int, help="training seed; the data split is fixed (default: 0)")
+        help=f"linear warm-up before the cosine decay (default: {_TRAIN['warmup_epochs']:g})")
+    add("--grad-clip", type=float,
+        help=f"max gradient norm, 0 disables (default: {_TRAIN['grad_clip']:g})")
+    add("--seed", type=int,
+        help=f"training seed; the data split is fixed (default: {_TRAIN['seed']})")
     add("--device", help="auto | cpu | cuda[:N] (default: auto)")
     add("--threads", type=int,
         help="torch CPU threads; use 1 on a shared CPU (default: torch's choice)")

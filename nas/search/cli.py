@@ -53,6 +53,8 @@ from trials.data import describe
 from trials.training import TrainConfig
 from trials.trial_config import TrialConfig
 
+# The budget flags default to None so `--resume` can tell "given" from "not given".
+DEFAULTS = {"trials": 24, "epochs": 4, "time_budget": "4m"}
 SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
 
 
@@ -83,9 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "fashion-mnist/idx 28, CIFAR 32, folder 64)")
     p.add_argument("--objectives", default="accuracy,macs",
                    help=f"comma list of {', '.join(OBJECTIVES)} (accuracy is maximized)")
-    p.add_argument("--trials", type=int, default=None, help="architectures to train (default 24)")
-    p.add_argument("--time-budget", default=None, help="wall-clock budget, e.g. 4m (default 4m)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs at full fidelity (default 4)")
+    p.add_argument("--trials", type=int, default=None,
+                   help=f"architectures to train (default {DEFAULTS['trials']})")
+    p.add_argument("--time-budget", default=None,
+                   help=f"wall-clock budget, e.g. 4m (default {DEFAULTS['time_budget']})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs at full fidelity (default {DEFAULTS['epochs']})")
     p.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)}")
     p.add_argument("--pruner", default="pareto", help=f"one of {', '.join(PRUNERS)}")
     p.add_argument("--max-macs", type=float, default=None,
@@ -131,10 +136,10 @@ def _positive(name: str, value: float | None) -> None:
 
 def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[str, Any]]:
     """Validate every flag (before anything is written) and build the experiment's config."""
-    smoke = SMOKE if args.smoke else {}
-    trials = args.trials if args.trials is not None else smoke.get("trials", 24)
-    epochs = args.epochs if args.epochs is not None else smoke.get("epochs", 4)
-    budget = parse_duration(args.time_budget or smoke.get("time_budget", "4m"))
+    fallback = {**DEFAULTS, **SMOKE} if args.smoke else DEFAULTS
+    trials = args.trials if args.trials is not None else fallback["trials"]
+    epochs = args.epochs if args.epochs is not None else fallback["epochs"]
+    budget = parse_duration(args.time_budget or fallback["time_budget"])
     for name, value in (("--trials", trials), ("--epochs", epochs),
                         ("--cpus-per-trial", args.cpus_per_trial),
                         ("--batch-size", args.batch_size), ("--max-macs", args.max_macs),
@@ -164,7 +169,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
         train["lr"] = args.lr
     config = ExperimentConfig(
         name=args.name, space=args.space, preset=space.preset.name, data=args.data,
-        image_size=args.image_size or smoke.get("image_size", 0), objectives=tuple(
+        image_size=args.image_size or fallback.get("image_size", 0), objectives=tuple(
             o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
         constraints=constraints, seed_points=seed_points, anchor=args.anchor, train=train,
