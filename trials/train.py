@@ -242,7 +242,7 @@ def train(args: argparse.Namespace) -> int:
                 if replaced else "")
         print(f"starting from the weights of {init.kind} {init.path}{head}", file=sys.stderr)
     _make_out(out)
-    run.spec.write_text(spec.to_json(indent=2) + "\n")
+    atomic_write_text(run.spec, spec.to_json(indent=2) + "\n")
     sizes = "/".join(str(n) for n in data.describe()["sizes"].values())
     print(f"training {spec.tag} ({costs.get('params', 0):,.0f} params, "
           f"{costs.get('macs', 0):,.0f} MACs at {data.image_size}px) on {data.name} "
