@@ -174,8 +174,7 @@ def macs_range(image_size: int) -> tuple[float, float]:
                    "dropout": 0.0}
         for i, (_, deepest) in enumerate(p.stage_depths):
             answers.update({f"s{i + 1}_depth": deepest, f"s{i + 1}_radix": radix,
-                            f"s{i + 1}_cardinality": card, f"s{i + 1}_cardinality_plain": card,
-                            f"s{i + 1}_width": max(p.width)})
+                            f"s{i + 1}_cardinality": card, f"s{i + 1}_width": max(p.width)})
         try:
             spec = space.suggest(AnswerTrial(answers)).replace(num_classes=10, in_channels=1)
             high = max(high, static_costs(spec, image_size).macs)

@@ -19,6 +19,10 @@ from search_spaces.spec import INPUT_REGIMES, STEMS, ArchSpec, StageSpec
 # for radix >= 1; larger cardinalities are offered only to plain (radix 0) stages.
 ATTENTION_SAFE_CARDINALITIES = (1, 2, 4, 8)
 
+# Axes whose choices are numbers: kept ascending, so a study's choices read and sort as numbers.
+NUMERIC_AXES = ("radix", "cardinality", "width", "stem_width", "base_planes", "attn_reduction",
+                "attn_min_width", "dropout")
+
 
 class TrialLike(Protocol):
     """The part of `optuna.Trial` the space uses; a numpy RNG adapter implements it too."""
@@ -56,6 +60,11 @@ class SpacePreset:
             value = getattr(self, f.name)
             if isinstance(value, tuple) and not value:
                 raise UserError(f"space preset {self.name!r}: axis {f.name} has no allowed values")
+        for name in NUMERIC_AXES:  # in ascending order, so every view lists them numerically
+            value = getattr(self, name)
+            if list(value) != sorted(set(value)):
+                raise UserError(f"space preset {self.name!r}: axis {name} must list distinct "
+                                f"values in ascending order, got {value}")
         for i, (low, high) in enumerate(self.stage_depths):
             if not 1 <= low <= high:
                 raise UserError(
@@ -167,16 +176,19 @@ class ResNeStSpace:
             planes = base_planes * 2**i
             depth = trial.suggest_int(f"s{s}_depth", low, high) if low < high else low
             radixes = p.radix_choices(planes)
-            radix = trial.suggest_categorical(_name(f"s{s}_radix", radixes, p.usable_radix),
-                                              radixes)
+            radix = trial.suggest_categorical(
+                _name(f"s{s}_radix", radixes != p.usable_radix, planes=planes), radixes)
             if radix == 0:
-                cardinality = trial.suggest_categorical(f"s{s}_cardinality_plain", p.cardinality)
+                # Plain stages allow more cardinalities than attention does: their own name.
+                cardinality = trial.suggest_categorical(
+                    _name(f"s{s}_cardinality", True, radix=0), p.cardinality)
             else:
                 cardinality = trial.suggest_categorical(
                     f"s{s}_cardinality", p.attention_cardinalities
                 )
             widths = p.width_choices(radix, planes)
-            width = trial.suggest_categorical(_name(f"s{s}_width", widths, p.width), widths)
+            width = trial.suggest_categorical(
+                _name(f"s{s}_width", widths != p.width, radix=radix, planes=planes), widths)
             stages.append(StageSpec(depth, radix, cardinality, width))
         return ArchSpec(
             stages=tuple(stages),
@@ -213,8 +225,7 @@ class ResNeStSpace:
             s = i + 1
             answers.update({
                 f"s{s}_depth": stage.depth, f"s{s}_radix": stage.radix,
-                f"s{s}_cardinality": stage.cardinality,
-                f"s{s}_cardinality_plain": stage.cardinality, f"s{s}_width": stage.width,
+                f"s{s}_cardinality": stage.cardinality, f"s{s}_width": stage.width,
             })
         recorder = AnswerTrial(answers)
         again = self.suggest(recorder)
@@ -255,10 +266,18 @@ class ResNeStSpace:
         return out
 
 
-def _name(base: str, choices: tuple[Any, ...], full: tuple[Any, ...]) -> str:
-    """A parameter's name, suffixed with its choices when a condition narrowed them: Optuna
-    requires one fixed set of choices per name."""
-    return base if choices == full else f"{base}|{','.join(map(str, choices))}"
+def _name(base: str, narrowed: bool, **condition: int) -> str:
+    """A parameter's name; when a condition narrowed its choices, the condition in brackets, e.g.
+    `s1_width[radix=4,planes=16]`. Optuna needs one fixed set of choices per name, and the
+    condition (not a list of values) is what a person reading a study wants to see."""
+    if not narrowed:
+        return base
+    return f"{base}[{','.join(f'{k}={v}' for k, v in condition.items())}]"
+
+
+def base_name(name: str) -> str:
+    """The axis a parameter name answers: `s1_width[radix=4,planes=16]` -> `s1_width`."""
+    return name.split("[", 1)[0]
 
 
 class AnswerTrial:
@@ -270,7 +289,7 @@ class AnswerTrial:
         self.params: dict[str, Any] = {}
 
     def _answer(self, name: str) -> Any:
-        value = self.answers[name] if name in self.answers else self.answers[name.split("|")[0]]
+        value = self.answers[name] if name in self.answers else self.answers[base_name(name)]
         self.params[name] = value
         return value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import optuna
@@ -47,6 +48,44 @@ def test_optuna_suggest_gives_valid_specs_with_static_distributions(space_name: 
     study.optimize(objective, n_trials=30)
     assert all(space.contains(s) for s in specs)
     assert len(study.trials) == 30 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+# A parameter name as optuna-dashboard lists it: the axis, then (only where a condition narrowed
+# its choices) that condition, e.g. s1_width[radix=4,planes=16].
+READABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\[[a-z]+=\d+(,[a-z]+=\d+)*\])?$")
+
+
+@pytest.mark.parametrize("space_name", SPACES)
+def test_study_parameters_read_and_sort_as_numbers(space_name: str) -> None:
+    space = ss.get_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(300):
+        trial = study.ask()
+        space.suggest(trial)
+        study.tell(trial, 0.0)
+    distributions = {k: v for t in study.trials for k, v in t.distributions.items()}
+    assert all(READABLE_NAME.match(name) for name in distributions), sorted(distributions)
+    narrowed = [name for name in distributions if "[" in name]
+    assert narrowed, "the space narrows some widths; their names must say under what condition"
+    for name, dist in distributions.items():
+        axis = ss.resnest_space.base_name(name)
+        assert axis in space.dimensions
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            numbers = [c for c in dist.choices if not isinstance(c, (bool, str))]
+            if numbers:  # numeric choices: all numbers, ascending, as Optuna's plots sort them
+                assert len(numbers) == len(dist.choices) and numbers == sorted(numbers), name
+        else:
+            assert isinstance(dist, optuna.distributions.IntDistribution), name
+    for name in narrowed:  # the condition is what narrowed the choices
+        condition = {k: int(v) for k, v in
+                     (part.split("=") for part in name[name.index("[") + 1:-1].split(","))}
+        if name.startswith(tuple(f"s{i}_cardinality" for i in range(1, 10))):
+            expected = space.preset.cardinality if condition == {"radix": 0} else None
+        elif "radix" in condition:
+            expected = space.preset.width_choices(condition["radix"], condition["planes"])
+        else:
+            expected = space.preset.radix_choices(condition["planes"])
+        assert distributions[name].choices == expected, name
 
 
 def test_same_optuna_seed_same_architectures() -> None:
@@ -114,6 +153,8 @@ def test_unknown_space_and_preset_list_valid_ones() -> None:
         ({"attn_min_width": (12,)}, "must be a multiple of 8"),
         ({"base_planes": (8,), "width": (4,)}, "gives zero channels per group"),
         ({"radix": (4,), "width": (8,), "base_planes": (16,)}, "splits evenly into any radix"),
+        ({"width": (16, 8, 32)}, "axis width must list distinct values in ascending order"),
+        ({"dropout": (0.0, 0.0)}, "axis dropout must list distinct values in ascending order"),
     ],
 )
 def test_space_bounds_that_admit_nothing_are_rejected(change: dict, message: str) -> None:

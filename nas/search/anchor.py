@@ -26,7 +26,7 @@ def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec
                 "dropout": p.dropout[0],
                 **{f"s{i + 1}_{k}": v for i, (low, _) in enumerate(p.stage_depths)
                    for k, v in (("depth", low), ("radix", radix), ("cardinality", cardinality),
-                                ("cardinality_plain", cardinality), ("width", min(p.width)))},
+                                ("width", min(p.width)))},
             })).replace(num_classes=config.num_classes, in_channels=config.in_channels))
     return specs
 
