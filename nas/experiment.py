@@ -187,6 +187,7 @@ class ExperimentConfig:
     num_classes: int = 10
     in_channels: int = 1
     train: dict[str, Any] = field(default_factory=dict)
+    train_fraction: float = 1.0  # share of the train split each trial trains on
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

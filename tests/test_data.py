@@ -127,7 +127,7 @@ def _error(spec: str, **kw) -> str:
 
 
 def test_bad_data_strings(tmp_path: Path) -> None:
-    assert "expected one of: digits, cifar10:PATH" in _error("mnist")
+    assert "expected one of: fashion-mnist-subset | fashion-mnist[:PATH]" in _error("mnist")
     assert "needs a path" in _error("cifar10:")
     assert str(tmp_path / "nope") in _error(f"cifar10:{tmp_path / 'nope'}")
     assert "image size" in _error("digits", image_size=1)

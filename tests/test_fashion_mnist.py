@@ -204,7 +204,8 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path: Path, case: str, kind
 @pytest.mark.parametrize(("spec", "text"), [
     ("fashion-mnist:", "needs a path: fashion-mnist:PATH"),
     ("idx", "needs a path: idx:PATH"),
-    ("mnist", "fashion-mnist[:PATH], idx:PATH"),
+    ("mnist", "fashion-mnist-subset | fashion-mnist[:PATH] | digits | idx:PATH"),
+    ("fashion-mnist-subset:/x", "data 'fashion-mnist-subset' takes no path"),
 ])
 def test_bad_data_strings(spec: str, text: str) -> None:
     assert text in _one_line(load_data, spec)

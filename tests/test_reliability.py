@@ -220,7 +220,7 @@ SEARCH = [  # each run with --out {OUT} --smoke
     ("data", ["--data", "cifar100:{MISSING}"], "data path {MISSING} does not exist"),
     ("data", ["--data", "cifar10:{FILE}"], "data path {FILE} is not a directory"),
     ("data", ["--data", "folder:{EMPTY}"], "{EMPTY} has no train/ directory"),
-    ("data", ["--data", ""], "unknown data ''; expected one of: digits"),
+    ("data", ["--data", ""], "unknown data ''; expected one of: fashion-mnist-subset | "),
     ("data", ["--data", "mnist"], "unknown data 'mnist'"),
     ("data", ["--image-size", "2"], "too small"),
 ]
@@ -511,7 +511,8 @@ RESUME_CONFLICTS = [
     (["--pruner", "pareto"], "--pruner gives pareto, the experiment has none"),
     (["--space", "resnest-imagenet"], "--space gives preset imagenet, the experiment has preset"),
     (["--preset", "imagenet"], "--preset gives preset imagenet"),
-    (["--data", "cifar10:/data"], "--data gives cifar10:/data, the experiment has digits"),
+    (["--data", "cifar10:/data"],
+     "--data gives cifar10:/data, the experiment has fashion-mnist-subset"),
     (["--image-size", "16"], "--image-size gives 16, the experiment has 8"),
     (["--seed", "1"], "--seed gives 1, the experiment has 0"),
     (["--storage", "sqlite:///x.db"], "--storage gives sqlite:///x.db, the experiment has (the"),

@@ -132,7 +132,7 @@ def _bad(tmp_path: Path, spec_file: Path, case: str) -> tuple[list[str], str]:
         path = tmp_path / "five.json"
         path.write_text(tiny_spec(num_classes=5).to_json())
         return (["--arch", str(path), *run[2:], "--image-size", "8"],
-                "has num_classes=5 but data digits needs num_classes=10")
+                "has num_classes=5 but data fashion-mnist-subset needs num_classes=10")
     if case == "image too small":
         return [*run, "--image-size", "4"], "image size 4 is too small"
     if case == "unknown arch":

@@ -19,10 +19,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from search_spaces.errors import UserError
 
-DATA_KINDS = ("digits", "cifar10", "cifar100", "folder", "fashion-mnist", "idx")
-# The training side in px when none is given: digits upsampled from 8, the others native.
+DATA_KINDS = ("digits", "cifar10", "cifar100", "folder", "fashion-mnist", "fashion-mnist-subset",
+              "idx")
+# How a data string is written, for help texts and errors.
+DATA_FORMS = ("fashion-mnist-subset | fashion-mnist[:PATH] | digits | idx:PATH | cifar10:PATH | "
+              "cifar100:PATH | folder:PATH")
+# The training side in px when none is given: digits upsampled from 8, the shipped Fashion-MNIST
+# subset at the quick start's 16 px (docs/benchmarks.md, "Calibrating the quick start"), the
+# others native.
 DEFAULT_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "folder": 64,
-                      "fashion-mnist": 28, "idx": 28}
+                      "fashion-mnist": 28, "fashion-mnist-subset": 16, "idx": 28}
+IMAGE_SIZE_HELP = ", ".join(f"{k} {v}" for k, v in DEFAULT_IMAGE_SIZE.items())
+# The share of the train split a trial trains on when none is given: the quick start's subset
+# trains on a quarter of its 9,000 train images (same calibration); every other dataset on all.
+DEFAULT_TRAIN_FRACTION = {"fashion-mnist-subset": 0.25}
+TRAIN_FRACTION_HELP = ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN_FRACTION.items()) + ", else 1"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")
 # Folders up to this many bytes (uint8 at the training size) are decoded once and kept in memory.
@@ -33,6 +44,7 @@ NORMS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "fashion-mnist": ((0.2860,), (0.3530,)),  # of the official 60,000 train images
+    "fashion-mnist-subset": ((0.2860,), (0.3530,)),
 }
 
 

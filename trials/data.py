@@ -1,5 +1,5 @@
-"""Datasets selected by one string (`digits`, `cifar10:PATH`, `cifar100:PATH`, `folder:PATH`,
-`fashion-mnist[:PATH]`, `idx:PATH`).
+"""Datasets selected by one string (`fashion-mnist-subset`, `fashion-mnist[:PATH]`, `digits`,
+`cifar10:PATH`, `cifar100:PATH`, `folder:PATH`, `idx:PATH`).
 
 Every split is held as uint8 NCHW tensors at the training size (or, for large image folders, decoded
 by DataLoader workers each epoch); augmentation and normalization run batched on tensors with an
@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from trials.bundle import (
+    DATA_FORMS,
     DATA_KINDS,
     DEFAULT_IMAGE_SIZE,
+    DEFAULT_TRAIN_FRACTION,
     NORMS,
     SPLIT_SEED,
     DataBundle,
@@ -47,20 +49,19 @@ from trials.idx import (
 )
 
 _DIGITS_SHAPE = (10, 1)  # (classes, channels) of scikit-learn's 8x8 grey digits
-_DATA_FORMS = "digits, cifar10:PATH, cifar100:PATH, folder:PATH, fashion-mnist[:PATH], idx:PATH"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def parse_data_spec(text: str) -> tuple[str, Path | None]:
-    """`digits`, `fashion-mnist` or `KIND:PATH` -> (kind, path); a path of None means the
-    dataset's own location (`fashion_mnist_dir`)."""
+    """`digits`, `fashion-mnist-subset`, `fashion-mnist` or `KIND:PATH` -> (kind, path); a path
+    of None means the dataset's own location (`fashion_mnist_dir`, the shipped subset)."""
     kind, sep, path = str(text).partition(":")
     if kind not in DATA_KINDS:
-        raise DataError(f"unknown data {text!r}; expected one of: {_DATA_FORMS}")
-    if kind == "digits":
+        raise DataError(f"unknown data {text!r}; expected one of: {DATA_FORMS}")
+    if kind in ("digits", "fashion-mnist-subset"):
         if sep:
-            raise DataError(f"data 'digits' takes no path, got {text!r}")
+            raise DataError(f"data {kind!r} takes no path, got {text!r}")
         return kind, None
     if kind == "fashion-mnist" and not sep:
         return kind, None
@@ -75,6 +76,8 @@ def _checked(spec: str, image_size: int | None) -> tuple[str, Path | None, int]:
     kind, path = parse_data_spec(spec)
     if kind == "fashion-mnist" and path is None:
         path = fashion_mnist_dir()
+    elif kind == "fashion-mnist-subset":
+        path = FASHION_MNIST_SUBSET
     size = DEFAULT_IMAGE_SIZE[kind] if image_size is None else image_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise DataError(f"image size must be an integer >= 2, got {image_size!r}")
@@ -83,6 +86,11 @@ def _checked(spec: str, image_size: int | None) -> tuple[str, Path | None, int]:
     if path is not None and not path.is_dir():
         raise DataError(f"data path {path} is not a directory")
     return kind, path, size
+
+
+def default_train_fraction(spec: str) -> float:
+    """The share of the train split trials use on `spec` when none is given."""
+    return DEFAULT_TRAIN_FRACTION.get(parse_data_spec(spec)[0], 1.0)
 
 
 def fashion_mnist_dir() -> Path:
@@ -270,7 +278,8 @@ def _load_cifar(spec: str, kind: str, path: Path, size: int, include_test: bool,
 
 
 # --- idx files (Fashion-MNIST, and MNIST-like datasets with `idx:PATH`) ----------------------
-_IDX_KINDS = ("fashion-mnist", "idx")
+_IDX_KINDS = ("fashion-mnist", "fashion-mnist-subset", "idx")
+_FASHION = ("fashion-mnist", "fashion-mnist-subset")
 
 
 def _labels_of(path: Path, split: str) -> tuple[Path, np.ndarray]:
@@ -286,7 +295,7 @@ def _idx_classes(kind: str, path: Path) -> int:
     Fashion-MNIST's 10, or for `idx` the largest train label + 1, each class present in train;
     every test label must be one of them."""
     label_path, labels = _labels_of(path, "train")
-    if kind == "fashion-mnist":
+    if kind in _FASHION:
         num_classes = len(FASHION_MNIST_CLASSES)
         check_labels(label_path, labels, num_classes)
     else:
@@ -326,7 +335,7 @@ def _load_idx(spec: str, kind: str, path: Path, size: int, include_test: bool,
         test_images, test_labels = read_split(path, "test")
         test = Split(labels=torch.from_numpy(test_labels.astype(np.int64)),
                      images=_resize(torch.from_numpy(test_images).unsqueeze(1), size))
-    if kind == "fashion-mnist":
+    if kind in _FASHION:
         (mean, std), classes = NORMS[kind], FASHION_MNIST_CLASSES
     else:
         mean, std = _pixel_norm(images[torch.as_tensor(train)])
@@ -335,12 +344,12 @@ def _load_idx(spec: str, kind: str, path: Path, size: int, include_test: bool,
         name=spec, kind=kind, num_classes=num_classes, in_channels=1, image_size=size,
         mean=mean, std=std, classes=classes,
         train=_split(images, labels, train), val=_split(images, labels, val), test=test,
-        augment="crop_flip" if kind == "fashion-mnist" else "crop",
+        augment="crop_flip" if kind in _FASHION else "crop",
     )
 
 
 __all__ = [
-    "DATA_KINDS", "DEFAULT_IMAGE_SIZE", "FASHION_MNIST_CLASSES", "DataBundle", "DataError",
-    "DatasetShape", "Split", "augment", "describe", "fashion_mnist_dir", "load_data",
-    "parse_data_spec", "stratified_split",
+    "DATA_FORMS", "DATA_KINDS", "DEFAULT_IMAGE_SIZE", "FASHION_MNIST_CLASSES", "DataBundle",
+    "DataError", "DatasetShape", "Split", "augment", "default_train_fraction", "describe",
+    "fashion_mnist_dir", "load_data", "parse_data_spec", "stratified_split",
 ]

@@ -37,10 +37,11 @@ from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
 from search_spaces.spec import ArchSpec
+from trials.bundle import DATA_FORMS, IMAGE_SIZE_HELP, TRAIN_FRACTION_HELP
 from trials.run_dir import RunDir
 from trials.training import TrainConfig, TrainingFailed, load_checkpoint
 from trials.trial import Trial
-from trials.trial_config import TrialConfig, build_trial_config
+from trials.trial_config import TRIAL_DEFAULTS, TrialConfig, build_trial_config
 
 # CLI option -> trial config key, for every option that feeds the trial config.
 _CONFIG_OPTIONS = (
@@ -63,12 +64,11 @@ def parser() -> argparse.ArgumentParser:
     add("--init-from", type=Path, metavar="PATH",
         help="start from these weights: an export directory, a run directory or a checkpoint "
              "file (default: none, a fresh initialisation)")
-    add("--data", help="digits | fashion-mnist[:PATH] | idx:PATH | cifar10:PATH | cifar100:PATH "
-                       "| folder:PATH (default: digits)")
+    add("--data", help=f"{DATA_FORMS} (default: {TRIAL_DEFAULTS['data']})")
     add("--epochs", type=int, help=f"epochs (default: {_TRAIN['epochs']})")
     add("--out", type=Path, help="output directory (default: runs/train-<time>)")
     add("--image-size", type=int,
-        help="input side in px (default: digits 16, fashion-mnist/idx 28, CIFAR 32, folder 64)")
+        help=f"input side in px (default: the data's: {IMAGE_SIZE_HELP})")
     add("--batch-size", type=int, help=f"training batch (default: {_TRAIN['batch_size']})")
     add("--lr", type=float, help="peak learning rate (default: sgd 0.1, adamw 0.002)")
     add("--optimizer", choices=("sgd", "adamw"),
@@ -91,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
     add("--val-fraction", type=float,
         help="val share carved from train when absent (default: 0.1)")
     add("--train-fraction", type=float,
-        help="train on a fixed stratified subset (default: 1)")
+        help=f"train on a fixed stratified share of the train split (default: the data's: "
+             f"{TRAIN_FRACTION_HELP})")
     add("--adapt", action="store_true",
         help="retarget a spec JSON's classes/channels to the data")
     add("--resume", action="store_true", help="continue the run in --out from checkpoint.pt")

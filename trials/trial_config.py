@@ -23,7 +23,7 @@ from nas.models.costs import static_costs
 from search_spaces import ArchSpec, get_space, list_spaces, resolve_spec
 from search_spaces.errors import UserError
 from trials.bundle import DEFAULT_IMAGE_SIZE, DatasetShape
-from trials.data import describe, parse_data_spec
+from trials.data import default_train_fraction, describe, parse_data_spec
 from trials.run_dir import RunDir
 from trials.training import TrainConfig
 
@@ -108,11 +108,12 @@ class TrialConfig:
 # typos never pass silently.
 TRIAL_DEFAULTS: dict[str, Any] = {
     "spec": None,  # ArchSpec, spec dict, named point, JSON path/text, or SPACE:SEED (a sample)
-    "data": "digits",
+    "data": "fashion-mnist-subset",  # the shipped subset: the same quick start on every machine
     "image_size": None,  # None: the dataset's default (trials.bundle.DEFAULT_IMAGE_SIZE)
     "adapt": True,  # retarget num_classes/in_channels to the data (False: a mismatch is an error)
+    "train_fraction": None,  # None: the dataset's default (trials.bundle.DEFAULT_TRAIN_FRACTION)
     **{f.name: f.default for f in dataclasses.fields(TrialConfig)
-       if f.name not in ("spec", "data", "image_size", "train", "costs")},
+       if f.name not in ("spec", "data", "image_size", "train", "costs", "train_fraction")},
     **{f.name: f.default for f in dataclasses.fields(TrainConfig)},
 }
 
@@ -198,7 +199,9 @@ def build_trial_config(config: Mapping[str, Any]) -> TrialConfig:
         spec=spec, data=cfg["data"], image_size=shape.image_size, train=train,
         costs={"params": record.params, "macs": record.macs}, trial_dir=cfg["trial_dir"],
         resume_from=None if cfg["resume_from"] is None else str(cfg["resume_from"]),
-        val_fraction=cfg["val_fraction"], train_fraction=cfg["train_fraction"],
+        val_fraction=cfg["val_fraction"],
+        train_fraction=default_train_fraction(cfg["data"]) if cfg["train_fraction"] is None
+        else cfg["train_fraction"],
         in_memory=cfg["in_memory"], device=str(cfg["device"]), workers=cfg["workers"],
     )
 

@@ -49,12 +49,13 @@ from search_spaces.registry import get_space, list_presets, list_spaces, named_p
 from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
 from trials import ray_runner
-from trials.data import describe
+from trials.bundle import DATA_FORMS, IMAGE_SIZE_HELP, TRAIN_FRACTION_HELP
+from trials.data import default_train_fraction, describe
 from trials.training import TrainConfig
-from trials.trial_config import TrialConfig
+from trials.trial_config import TRIAL_DEFAULTS, TrialConfig
 
 # The budget flags default to None so `--resume` can tell "given" from "not given".
-DEFAULTS = {"trials": 24, "epochs": 4, "time_budget": "4m"}
+DEFAULTS = {"trials": 32, "epochs": 4, "time_budget": "4m"}
 SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
 
 
@@ -77,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="resnest", help=f"search space: {', '.join(list_spaces())}")
     p.add_argument("--preset", default=None,
                    help=f"space bounds: {', '.join(list_presets())} (default: the space's own)")
-    p.add_argument("--data", default="digits",
-                   help="digits | fashion-mnist[:PATH] | idx:PATH | cifar10:PATH | cifar100:PATH"
-                        " | folder:PATH")
+    p.add_argument("--data", default=TRIAL_DEFAULTS["data"], help=DATA_FORMS)
     p.add_argument("--image-size", type=int, default=None,
-                   help="training resolution in px (default: the dataset's: digits 16, "
-                        "fashion-mnist/idx 28, CIFAR 32, folder 64)")
+                   help=f"training resolution in px (default: the data's: {IMAGE_SIZE_HELP})")
+    p.add_argument("--train-fraction", type=float, default=None,
+                   help="share of the train split each trial trains on (default: the data's: "
+                        f"{TRAIN_FRACTION_HELP})")
     p.add_argument("--objectives", default="accuracy,macs",
                    help=f"comma list of {', '.join(OBJECTIVES)} (accuracy is maximized)")
     p.add_argument("--trials", type=int, default=None,
@@ -164,6 +165,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
         k: float(v) for k, v in (("max_macs", args.max_macs), ("max_params", args.max_params),
                                  ("max_latency_ms", args.max_latency_ms)) if v is not None
     }
+    fraction = (args.train_fraction if args.train_fraction is not None
+                else default_train_fraction(args.data))
+    if not 0 < fraction <= 1:
+        raise UserError(f"--train-fraction must be in (0, 1], got {fraction:g}")
     train = {"batch_size": args.batch_size}
     if args.lr is not None:
         train["lr"] = args.lr
@@ -173,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
             o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
         constraints=constraints, seed_points=seed_points, anchor=args.anchor, train=train,
+        train_fraction=fraction,
     )
     runtime = {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
                "concurrency": args.concurrency, "address": args.address,
@@ -354,7 +360,8 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
     concurrency = runtime["concurrency"] or default_concurrency(
         ray_runner.available_cpus(), ray_runner.available_gpus(), runtime["cpus_per_trial"],
         runtime["gpus_per_trial"])
-    print(f"searching {space.name} on {config.data} ({config.image_size} px): "
+    share = "" if config.train_fraction == 1 else f", {config.train_fraction:g} of train"
+    print(f"searching {space.name} on {config.data} ({config.image_size} px{share}): "
           f"{config.trials} trials, {config.epochs} epochs, {config.time_budget_s:.0f}s budget, "
           f"objectives {','.join(config.objectives)}, sampler {config.sampler}, "
           f"pruner {config.pruner}, {concurrency} at once -> {exp}", flush=True)
@@ -420,6 +427,7 @@ FIXED_ON_RESUME: tuple[tuple[str, str, Setting, str], ...] = (
     ("--preset", "preset", lambda c: f"preset {c.preset}", ""),
     ("--data", "data", lambda c: c.data, ""),
     ("--image-size", "image_size", lambda c: c.image_size, ""),
+    ("--train-fraction", "train_fraction", lambda c: c.train_fraction, ""),
     ("--objectives", "objectives", lambda c: ",".join(c.objectives), ""),
     ("--epochs", "epochs", lambda c: c.epochs, ""),
     ("--sampler", "sampler", lambda c: c.sampler, ""),
@@ -516,7 +524,7 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
         """The trial's whole config, decided here: the worker neither parses, adapts nor costs."""
         return TrialConfig(
             spec=spec, data=config.data, image_size=config.image_size, train=train,
-            costs=spec_costs, resume_from=resume_from,
+            train_fraction=config.train_fraction, costs=spec_costs, resume_from=resume_from,
             trial_dir=str(ExperimentDir(exp).trial(trial_id).path.resolve()),
         ).to_dict()
 

@@ -1,0 +1,104 @@
+"""What ResNeSt-Bench says: seed-to-seed noise, and how well cheap estimators rank final accuracy.
+
+Reads the table `bench.resnest_bench` writes and prints markdown: the noise (std of val_top1 per
+architecture over its seeds; Kendall tau between two seeds' rankings, the ceiling of any
+estimator), the rank correlation (Kendall tau, Spearman rho) of params, MACs, latency and the
+validation accuracy after each epoch with the final val_top1 of the uniform samples (seed 0), and
+the hand-designed family's mean +- std.
+
+    python -m bench.resnest_bench_report [--table docs/raw/resnest-bench/resnest_bench.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.resnest_bench import TABLE
+
+
+def load(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    table["curve"] = table["curve"].map(json.loads)
+    return table
+
+
+def noise(table: pd.DataFrame) -> tuple[pd.Series, dict[tuple[int, int], tuple[float, int]]]:
+    """(std of val_top1 per architecture with >= 2 seeds, Kendall tau of each seed pair with the
+    number of architectures both hold)."""
+    by_seed = table.pivot_table(index="tag", columns="seed", values="val_top1")
+    several = by_seed[by_seed.notna().sum(axis=1) >= 2]
+    taus = {}
+    for a, b in itertools.combinations(by_seed.columns, 2):
+        both = by_seed[[a, b]].dropna()
+        if len(both) >= 3:
+            taus[(a, b)] = (float(both[a].corr(both[b], method="kendall")), len(both))
+    return several.std(axis=1, ddof=1), taus
+
+
+def estimators(table: pd.DataFrame) -> pd.DataFrame:
+    """Kendall tau and Spearman rho with the final val_top1, over the seed-0 uniform samples."""
+    rows = table[(table["kind"] == "sample") & (table["seed"] == table["seed"].min())].copy()
+    epochs = int(rows["epochs"].max())
+    candidates = {"params": rows["params"], "MACs": rows["macs"], "latency": rows["latency_ms"]}
+    for k in range(1, epochs):
+        candidates[f"val after epoch {k}"] = rows["curve"].map(lambda c, k=k: c[k - 1])
+    out = []
+    for name, values in candidates.items():
+        out.append({"estimator": name,
+                    "kendall_tau": values.corr(rows["val_top1"], method="kendall"),
+                    "spearman_rho": values.corr(rows["val_top1"], method="spearman"),
+                    "n": len(rows)})
+    return pd.DataFrame(out)
+
+
+def report(table: pd.DataFrame) -> str:
+    stds, taus = noise(table)
+    lines = [f"{len(table)} rows: {table['tag'].nunique()} architectures "
+             f"({(table.drop_duplicates('tag')['kind'] == 'sample').sum()} uniform samples), "
+             f"{table['epochs'].iloc[0]} epochs on {table['data'].iloc[0]} at "
+             f"{table['image_size'].iloc[0]} px, train share {table['train_fraction'].iloc[0]}",
+             "", "Seed-to-seed noise of val_top1 (architectures with >= 2 seeds):", ""]
+    if len(stds):
+        lines.append(f"- {len(stds)} architectures; std per architecture: median "
+                     f"{stds.median() * 100:.2f} pts, mean {stds.mean() * 100:.2f} pts, max "
+                     f"{stds.max() * 100:.2f} pts")
+    for (a, b), (tau, n) in taus.items():
+        lines.append(f"- Kendall tau between seeds {a} and {b}: {tau:.3f} over {n} architectures")
+    ranked = estimators(table)
+    lines += ["", "Rank correlation with the final val_top1 (uniform samples, first seed):", ""]
+    if ranked["n"].min() < 3:
+        lines.append("- fewer than 3 uniform samples: nothing to rank yet")
+        ranked = ranked.iloc[:0]
+    else:
+        lines += ["| estimator | Kendall tau | Spearman rho | n |", "|---|---|---|---|"]
+    for r in ranked.itertuples():
+        lines.append(f"| {r.estimator} | {r.kendall_tau:.3f} | {r.spearman_rho:.3f} | {r.n} |")
+    hand = table[table["kind"] == "hand"].groupby("tag").agg(
+        macs=("macs", "first"), mean=("val_top1", "mean"), std=("val_top1", "std"),
+        test=("test_top1", "mean"), seeds=("seed", "count")).sort_values("macs")
+    if len(hand):
+        lines += ["", "Hand-designed family (val_top1 mean +- std over seeds; test mean):", "",
+                  "| point | MMACs | val % | test % | seeds |", "|---|---|---|---|---|"]
+        for tag, r in hand.iterrows():
+            spread = "" if pd.isna(r["std"]) else f" +- {r['std'] * 100:.2f}"
+            lines.append(f"| {tag} | {r['macs'] / 1e6:.2f} | {r['mean'] * 100:.2f}{spread} | "
+                         f"{r['test'] * 100:.2f} | {int(r['seeds'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.resnest_bench_report")
+    p.add_argument("--table", type=Path, default=TABLE, help=f"the CSV (default: {TABLE})")
+    args = p.parse_args(argv)
+    print(report(load(args.table)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""ResNeSt-Bench (issue 19, item 3): the hand-designed family, the resumable table and its report,
+and the quick-start protocol the table shares with `nas.search`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from bench import resnest_bench, resnest_bench_report
+from nas.search.cli import DEFAULTS, build_parser, config_from_args
+from nas.search.objectives import parse_objectives
+from nas.search.pruner import ParetoPruner
+from nas.search.strategy import DEFAULT_FIRST_RUNG, make_pruner
+from search_spaces import counts
+from search_spaces.hand_designed import PATTERNS, SCALES, hand_designed
+from trials import train as train_cli
+from trials.training import TrainConfig
+
+HAND = hand_designed()
+
+
+def test_the_family_has_every_pattern_at_every_scale() -> None:
+    assert len(HAND) == len(PATTERNS) * len(SCALES) == 32
+    macs = {name: counts.macs(spec, 16) for name, spec in HAND.items()}
+    for pattern in PATTERNS:  # each pattern's scales grow in cost, cheapest first
+        ladder = [macs[f"{pattern}-b{p}-d{d}"] for p, d in SCALES]
+        assert ladder == sorted(ladder) and len(set(ladder)) == len(ladder), pattern
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_hand_designed_points_follow_their_pattern(name: str) -> None:
+    spec = HAND[name]
+    radix, cardinality, width, avd, avd_first = PATTERNS[re.sub(r"-b\d+-d\d+$", "", name)]
+    assert {(s.radix, s.cardinality, s.width) for s in spec.stages} == {(radix, cardinality,
+                                                                          width)}
+    assert (spec.avd, spec.avd_first, spec.stem, spec.avg_down) == (avd, avd_first, "deep", True)
+    assert spec.input_regime == "small" and spec.num_classes == 10 and spec.in_channels == 1
+    assert spec.min_image_size <= 16
+
+
+def test_jobs_run_first_seeds_first_and_cover_the_table() -> None:
+    jobs = resnest_bench.jobs(200, 30, (0, 1, 2), True)
+    keys = [(j["tag"], j["seed"]) for j in jobs]
+    assert len(keys) == len(set(keys)) == 200 + 32 + 2 * (30 + 32)
+    first = [j["seed"] for j in jobs]
+    assert first == sorted(first)  # every architecture once before any is repeated
+    assert {j["tag"] for j in jobs if j["seed"] == 2} == set(HAND) | {
+        f"resnest:{i}" for i in range(30)}
+
+
+def test_the_table_uses_the_quick_starts_full_fidelity_protocol() -> None:
+    search = build_parser().parse_args([])
+    config, _ = config_from_args(search)
+    settings = resnest_bench.protocol(DEFAULTS["epochs"])
+    assert settings == {"data": config.data, "epochs": config.epochs,
+                        "batch_size": config.train["batch_size"]}
+    assert config.data == "fashion-mnist-subset" and config.train_fraction == 0.25
+
+
+@pytest.mark.parametrize("name", ["pareto", "sha"])
+def test_no_rung_decides_before_the_warm_up_has_ended(name: str) -> None:
+    assert DEFAULT_FIRST_RUNG > TrainConfig.warmup_epochs
+    pruner = make_pruner(name, parse_objectives("accuracy,macs"), epochs=DEFAULTS["epochs"])
+    assert isinstance(pruner, ParetoPruner)
+    rungs = [e for e in range(1, DEFAULTS["epochs"] + 1) if pruner.is_rung(e)]
+    assert rungs and min(rungs) == DEFAULT_FIRST_RUNG
+
+
+def _bench(out: Path, *extra: str) -> None:
+    assert resnest_bench.main(["--samples", "1", "--seeded", "1", "--seeds", "0", "1",
+                               "--no-hand", "--epochs", "1", "--smoke", "--workers", "1",
+                               "--out", str(out), *extra]) == 0
+
+
+def test_the_table_appends_resumes_and_each_row_reproduces(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.csv"
+    _bench(out)
+    rows = resnest_bench.read_table(out)
+    assert [(r["tag"], r["seed"]) for r in rows] == [("resnest:0", "0"), ("resnest:0", "1")]
+    assert tuple(rows[0]) == resnest_bench.COLUMNS
+    whole = out.read_text()
+    out.write_text(whole + "resnest:9,0,sample,{\"torn")  # a run killed mid-row
+    capsys.readouterr()
+    _bench(out)
+    assert "2 rows in" in capsys.readouterr().out and out.read_text() == whole  # nothing re-run
+    # The row's command, run by hand, trains the same curve.
+    argv = shlex.split(rows[1]["command"])[3:] + ["--out", str(tmp_path / "run"), "--quiet"]
+    assert train_cli.main(argv) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [round(m["val_top1"], 5) for m in metrics] == json.loads(rows[1]["curve"])
+    text = resnest_bench_report.report(resnest_bench_report.load(out))
+    assert "Kendall tau between seeds 0 and 1" not in text  # one architecture ranks nothing
+    assert "1 architectures; std per architecture" in text
+    assert "fewer than 3 uniform samples: nothing to rank yet" in text
