@@ -526,4 +526,5 @@ def test_exports_from_the_real_search(searched_experiment: Path, tmp_path: Path,
     meta = json.loads((tmp_path / "knee.json").read_text())
     assert meta["verification"]["max_abs_diff"] <= 1e-5
     assert meta["verification"]["onnx_max_abs_diff"] <= 1e-4
-    assert meta["preprocessing"]["image_size"] == 8 and meta["dataset"]["data"] == "digits"
+    assert meta["preprocessing"]["image_size"] == 8
+    assert meta["dataset"]["data"] == "fashion-mnist-subset"

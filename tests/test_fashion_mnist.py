@@ -13,6 +13,7 @@ import pytest
 import torch
 from data_fixtures import tiny_spec
 
+import nas.search.cli as search_cli
 import trials.data as data_module
 from search_spaces.errors import UserError
 from trials import train as train_cli
@@ -122,6 +123,18 @@ def test_the_system_copy_is_preferred_when_complete(tmp_path: Path, monkeypatch)
     assert len(load_data("fashion-mnist", 12).train) == 50  # 1 per class to val
     (system / "t10k-labels-idx1-ubyte.gz").unlink()  # an incomplete copy is passed over
     assert fashion_mnist_dir() == FASHION_MNIST_SUBSET
+
+
+def test_the_search_resolves_fashion_mnist_once_for_every_worker(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """A driver with Debian's copy must not send workers without it to the shipped subset."""
+    system = write_idx_dir(tmp_path / "system")
+    monkeypatch.setattr(data_module, "SYSTEM_FASHION_MNIST", system)
+    parser = search_cli.build_parser()
+    config, _ = search_cli.config_from_args(parser.parse_args(["--data", "fashion-mnist"]))
+    assert config.data == f"fashion-mnist:{system}"
+    for given in (f"fashion-mnist:{tmp_path}", "fashion-mnist-subset", "digits"):
+        assert search_cli.config_from_args(parser.parse_args(["--data", given]))[0].data == given
 
 
 @pytest.mark.parametrize(("kind", "flips"), [("crop", False), ("crop_flip", True)])

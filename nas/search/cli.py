@@ -50,7 +50,7 @@ from search_spaces.resnest_space import ResNeStSpace
 from search_spaces.spec import ArchSpec
 from trials import ray_runner
 from trials.bundle import DATA_FORMS, IMAGE_SIZE_HELP, TRAIN_FRACTION_HELP
-from trials.data import default_train_fraction, describe
+from trials.data import default_train_fraction, describe, fashion_mnist_dir, parse_data_spec
 from trials.training import TrainConfig
 from trials.trial_config import TRIAL_DEFAULTS, TrialConfig
 
@@ -165,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
         k: float(v) for k, v in (("max_macs", args.max_macs), ("max_params", args.max_params),
                                  ("max_latency_ms", args.max_latency_ms)) if v is not None
     }
+    data = resolved_data(args.data)
     fraction = (args.train_fraction if args.train_fraction is not None
                 else default_train_fraction(args.data))
     if not 0 < fraction <= 1:
@@ -173,7 +174,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
     if args.lr is not None:
         train["lr"] = args.lr
     config = ExperimentConfig(
-        name=args.name, space=args.space, preset=space.preset.name, data=args.data,
+        name=args.name, space=args.space, preset=space.preset.name, data=data,
         image_size=args.image_size or fallback.get("image_size", 0), objectives=tuple(
             o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
@@ -184,6 +185,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
                "concurrency": args.concurrency, "address": args.address,
                "max_failures": args.max_failures, "verbose": args.verbose}
     return config, runtime
+
+
+def resolved_data(text: str) -> str:
+    """The data string trials receive: `fashion-mnist` without a path names the driver's copy
+    (Debian's files, else the shipped subset), so every worker reads the same images."""
+    kind, path = parse_data_spec(text)
+    return f"{kind}:{fashion_mnist_dir()}" if kind == "fashion-mnist" and path is None else text
 
 
 def cost_function(config: ExperimentConfig) -> Any:
