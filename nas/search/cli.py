@@ -1,8 +1,9 @@
 """`python -m nas.search`: multi-objective architecture search on Ray Tune with Optuna.
 
-With only `--space resnest` it searches the embedded digits task within a few minutes on a laptop
-CPU; the same command with `--data cifar10:PATH --gpus-per-trial 0.5 --address auto` runs on a GPU
-cluster. Everything the run decides is in OUT/NAME (see `nas.experiment`).
+With only `--space resnest` it searches the Fashion-MNIST subset shipped in the package within a
+few minutes on a laptop CPU; the same command with `--data cifar10:PATH --gpus-per-trial 0.5
+--address auto` runs on a GPU cluster. Everything the run decides is in OUT/NAME (see
+`nas.experiment`).
 """
 
 from __future__ import annotations
