@@ -44,6 +44,8 @@ def noise(table: pd.DataFrame) -> tuple[pd.Series, dict[tuple[int, int], tuple[f
 def estimators(table: pd.DataFrame) -> pd.DataFrame:
     """Kendall tau and Spearman rho with the final val_top1, over the seed-0 uniform samples."""
     rows = table[(table["kind"] == "sample") & (table["seed"] == table["seed"].min())].copy()
+    if len(rows) < 3:  # nothing to rank
+        return pd.DataFrame(columns=["estimator", "kendall_tau", "spearman_rho", "n"])
     epochs = int(rows["epochs"].max())
     candidates = {"params": rows["params"], "MACs": rows["macs"], "latency": rows["latency_ms"]}
     for k in range(1, epochs):
@@ -64,7 +66,9 @@ def report(table: pd.DataFrame) -> str:
              f"{table['epochs'].iloc[0]} epochs on {table['data'].iloc[0]} at "
              f"{table['image_size'].iloc[0]} px, train share {table['train_fraction'].iloc[0]}",
              "", "Seed-to-seed noise of val_top1 (architectures with >= 2 seeds):", ""]
-    if len(stds):
+    if not len(stds):
+        lines.append("- no architecture has two seeds yet")
+    else:
         lines.append(f"- {len(stds)} architectures; std per architecture: median "
                      f"{stds.median() * 100:.2f} pts, mean {stds.mean() * 100:.2f} pts, max "
                      f"{stds.max() * 100:.2f} pts")
@@ -72,9 +76,8 @@ def report(table: pd.DataFrame) -> str:
         lines.append(f"- Kendall tau between seeds {a} and {b}: {tau:.3f} over {n} architectures")
     ranked = estimators(table)
     lines += ["", "Rank correlation with the final val_top1 (uniform samples, first seed):", ""]
-    if ranked["n"].min() < 3:
+    if ranked.empty:
         lines.append("- fewer than 3 uniform samples: nothing to rank yet")
-        ranked = ranked.iloc[:0]
     else:
         lines += ["| estimator | Kendall tau | Spearman rho | n |", "|---|---|---|---|"]
     for r in ranked.itertuples():
