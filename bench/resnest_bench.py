@@ -34,6 +34,7 @@ import torch
 
 from nas.models.costs import measure_costs
 from nas.search.cli import DEFAULTS, build_parser
+from search_spaces.files import atomic_write_text
 from search_spaces.hand_designed import hand_designed
 from trials.trial import Trial
 from trials.trial_config import build_trial_config
@@ -41,8 +42,8 @@ from trials.trial_config import build_trial_config
 TABLE = Path("docs/raw/resnest-bench/resnest_bench.csv")
 COLUMNS = ("tag", "seed", "kind", "spec", "params", "macs", "latency_ms", "curve", "val_top1",
            "test_top1", "train_s", "epochs", "data", "image_size", "train_fraction", "command")
-DATA = build_parser().get_default("data")
-BATCH_SIZE = build_parser().get_default("batch_size")
+_SEARCH = build_parser()  # the quick start's own defaults
+DATA, BATCH_SIZE = _SEARCH.get_default("data"), _SEARCH.get_default("batch_size")
 
 
 def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool) -> list[dict[str, Any]]:
@@ -67,8 +68,7 @@ def protocol(epochs: int, smoke: bool = False) -> dict[str, Any]:
 
 def command(job: dict[str, Any], settings: dict[str, Any]) -> str:
     arch = job["arch"] if isinstance(job["arch"], str) else json.dumps(job["arch"])
-    flags = [f"--{k.replace('_', '-')}" if i % 2 == 0 else str(v)
-             for k, v in settings.items() for i in range(2)]
+    flags = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     return shlex.join(["python", "-m", "trials.train", "--arch", arch, "--adapt", *flags,
                        "--seed", str(job["seed"]), "--threads", "1"])
 
@@ -105,7 +105,7 @@ def read_table(path: Path) -> list[dict[str, str]]:
     lines = text.splitlines(keepends=True)
     if lines and not text.endswith("\n"):
         text = "".join(lines[:-1])
-        path.write_text(text)
+        atomic_write_text(path, text)
     rows = list(csv.DictReader(io.StringIO(text)))
     if rows and tuple(rows[0]) != COLUMNS:
         raise SystemExit(f"error: {path} has columns {tuple(rows[0])}, expected {COLUMNS}")

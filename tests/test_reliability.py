@@ -514,6 +514,7 @@ RESUME_CONFLICTS = [
     (["--data", "cifar10:/data"],
      "--data gives cifar10:/data, the experiment has fashion-mnist-subset"),
     (["--image-size", "16"], "--image-size gives 16, the experiment has 8"),
+    (["--train-fraction", "0.5"], "--train-fraction gives 0.5, the experiment has 0.25"),
     (["--seed", "1"], "--seed gives 1, the experiment has 0"),
     (["--storage", "sqlite:///x.db"], "--storage gives sqlite:///x.db, the experiment has (the"),
     (["--max-macs", "1e7"], "--max-macs gives 10000000.0, the experiment has None"),

@@ -52,6 +52,8 @@ BAD = [
     (["--data", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--data", "imagenet"], "imagenet"),
     (["--image-size", "4"], "too small"),
+    (["--train-fraction", "0"], "--train-fraction must be in (0, 1], got 0"),
+    (["--train-fraction", "1.5"], "--train-fraction must be in (0, 1], got 1.5"),
     (["--max-macs", "1000"], "--max-macs 1000 is unsatisfiable: the cheapest architecture"),
     (["--max-params", "100"], "--max-params 100 is unsatisfiable"),
     (["--address", "127.0.0.1:1"], "cannot reach a Ray cluster at --address 127.0.0.1:1"),

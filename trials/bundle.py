@@ -44,8 +44,8 @@ NORMS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "fashion-mnist": ((0.2860,), (0.3530,)),  # of the official 60,000 train images
-    "fashion-mnist-subset": ((0.2860,), (0.3530,)),
 }
+NORMS["fashion-mnist-subset"] = NORMS["fashion-mnist"]  # the same normalisation as the full set
 
 
 class DataError(UserError):

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(anchors the cheap end of the front)")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a trial lost with its worker")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch of each trial")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                   help="training batch of each trial")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: sgd 0.1, adamw 0.002)")
     p.add_argument("--smoke", action="store_true",
