@@ -1,209 +1,193 @@
-"""Search efficiency at equal compute: hypervolume of (accuracy, MACs) against epochs spent.
+"""Search efficiency at equal compute: hypervolume of (accuracy, MACs) against training MAC-epochs.
 
-Does the default strategy find better (accuracy, MACs) fronts than the obvious alternatives for
-the same training compute? Strategies (same space, task, training settings and epoch budget):
+Does the default search find better (accuracy, MACs) fronts than the alternatives for the same
+training compute? Each run is the quick start's search (`nas.search`'s own flags and defaults:
+data, image size, train share, epochs, batch size, sampler seeding, pruner, anchor) with the
+strategy's sampler and pruner, given a compute budget instead of a trial count:
     default   TPE (multi-objective) + `pareto` pruner (MO-ASHA), cheapest corner first
     random    random sampler, no pruning (pure random search: no anchor)
-    tpe_sha   TPE + `sha` (with two objectives: accuracy-only ASHA on the same rungs), cheapest
-              corner first like the default (`--no-anchor` turns it off for both)
+    tpe_sha   TPE + `sha` (with two objectives: accuracy-only ASHA on the same rungs), anchored
+`--no-anchor` gives the ablations without the cheapest corner. Random search and the
+hand-designed family are also read off ResNeSt-Bench without training (`bench.table_search`).
 
-Each run drives the real `nas.search.controller.SearchController` (Optuna study, pruner,
-trials.csv) and trains every proposal for real with `trials.trial.Trial`, serially in one
-process with one torch thread: a strategy comparison needs no Ray, and counting epochs (not
-seconds) makes the budget independent of machine load. Runs go to a process pool (`--jobs`).
+Each run drives the search's own controller (`nas.search.cli.make_controller`, the study as
+`open_study` opens it, trials.csv) and trains every proposal for real with `trials.trial.Trial`,
+serially in one process with one torch thread: counting compute (not seconds) makes the budget
+independent of machine load. Every completed trial is also scored on the test split (not seen by
+the search) so the fronts' members can be reported on it. Compute and hypervolume are defined in
+`bench.front_quality`. A run writes OUT/KEY-sSEED.json when it ends; a rerun skips runs that have
+one and starts unfinished ones afresh, so the bench resumes run by run.
 
-Hypervolume: objectives (val top-1 in [0, 1], log10 MACs), reference point (accuracy 0, log10 of
-the largest MACs in the space at the training size), normalised by the box up to (accuracy 1,
-log10 of the smallest MACs in the space), so 1.0 is a perfect model at the cheapest architecture.
-`bench.efficiency_report` turns the runs into the table and the plot.
-
-    python -m bench.search_efficiency --jobs 2 --seeds 0 1 2 3 4 --out runs/bench-efficiency
-    python -m bench.search_efficiency --seeds 0 --budget 20 --out runs/bench-eff-smoke
-    python -m bench.search_efficiency --report-only --out runs/bench-efficiency
+    python -m bench.search_efficiency --jobs 2 --seeds 1 2 3 4 5 --out runs/evidence
+    python -m bench.search_efficiency --jobs 2 --seeds 1 2 3 4 5 --no-anchor --out runs/evidence
+    python -m bench.efficiency_report --out runs/evidence          # table, targets, plot
+    python -m bench.search_efficiency --smoke --seeds 0 --out /tmp/eff-smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import torch
 
-from bench.efficiency_report import report, run_key
-from nas.experiment import ExperimentConfig
-from nas.models.costs import static_costs
-from nas.search.anchor import cheapest_corner, corner_specs
-from nas.search.cli import cost_function
-from nas.search.controller import SearchController
+from bench.front_quality import macs_range, normalised_hypervolume
+from nas.search.cli import (
+    build_parser,
+    config_from_args,
+    cost_function,
+    make_controller,
+    open_study,
+)
 from nas.search.objectives import parse_objectives
-from nas.search.pareto import hypervolume
-from nas.search.strategy import make_pruner, make_sampler
-from search_spaces import UserError, get_space
-from search_spaces.resnest_space import AnswerTrial
+from search_spaces import get_space
+from trials.data import describe
 from trials.trial import Trial
-from trials.trial_config import build_trial_config
+from trials.trial_config import TrialConfig
 
 STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (sampler, pruner)
     "default": ("tpe", "pareto"),
     "random": ("random", "none"),
     "tpe_sha": ("tpe", "sha"),
 }
+# 1 G MAC-epochs: about 12 full-fidelity uniform samples of the small space at 16 px (their
+# median is about 21 MMACs), or 115 trainings of its cheapest corner; set before any run.
+DEFAULT_BUDGET = 1.0e9
+# --smoke: the same code path on 8 px images and 5% of train, for the tests.
+SMOKE_FLAGS = ("--image-size", "8", "--train-fraction", "0.05")
+
+
+def run_key(run: dict[str, Any]) -> str:
+    """Strategy name, suffixed `_noanchor` for a TPE run without the cheapest-corner anchor."""
+    if run.get("anchor") is False and run.get("sampler") != "random":
+        return f"{run['strategy']}_noanchor"
+    return run["strategy"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--budget", type=int, default=64, help="training epochs per run (all trials)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of a trial at full fidelity")
-    p.add_argument("--image-size", type=int, default=8, help="px (digits are natively 8x8)")
-    p.add_argument("--train-fraction", type=float, default=0.5, help="stratified train subset")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--reduction-factor", type=int, default=None,
-                   help="pruner eta (default: make_pruner's default)")
+    p = argparse.ArgumentParser(prog="python -m bench.search_efficiency",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--strategies", nargs="+", default=["default"], choices=list(STRATEGIES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5],
+                   help="search seeds (default 1-5: seed 0 chose the defaults)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                   help=f"training MAC-epochs per run (default {DEFAULT_BUDGET:.2g})")
+    p.add_argument("--max-trials", type=int, default=400, help="cap on trials per run")
     p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
-                   help="TPE strategies evaluate the space's cheapest corner first, as the search "
+                   help="TPE strategies train the space's cheapest corner first, as the search "
                         "does by default (random search never does)")
+    p.add_argument("--search-flags", default="",
+                   help="more nas.search flags for every run, e.g. '--epochs 8' (default none)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench-efficiency"))
-    p.add_argument("--plot", type=Path, default=Path("docs/search_efficiency.png"))
-    p.add_argument("--report-only", action="store_true", help="re-read runs in --out, re-plot")
+    p.add_argument("--out", type=Path, default=Path("runs/evidence"))
+    p.add_argument("--smoke", action="store_true", help="8 px, 5%% of train, for the tests")
     return p.parse_args(argv)
 
 
+def search_flags(strategy: str, seed: int, args: argparse.Namespace, exp: Path) -> list[str]:
+    """The `nas.search` command line that this run is (without `--trials`'s budget semantics)."""
+    sampler, pruner = STRATEGIES[strategy]
+    anchored = args.anchor and sampler != "random"
+    flags = ["--sampler", sampler, "--pruner", pruner, "--seed", str(seed),
+             "--out", str(exp.parent), "--name", exp.name, "--trials", str(args.max_trials),
+             "--anchor" if anchored else "--no-anchor", *args.search_flags.split()]
+    return flags + list(SMOKE_FLAGS) if args.smoke else flags
+
+
 def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
-    """One search run; writes OUT/STRATEGY-sSEED.json and returns its path."""
+    """One search run; writes OUT/KEY-sSEED.json and returns its path."""
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = STRATEGIES[strategy]
     anchored = args.anchor and sampler != "random"
-    name = run_key({"strategy": strategy, "sampler": sampler, "anchor": anchored})
-    exp = args.out / f"{name}-s{seed}"
-    exp.mkdir(parents=True, exist_ok=True)
-    # trials is a cap that never binds (every trial costs >= 1 epoch); the sampler's start-up
-    # size is what the search CLI would give for the number of full trials the budget buys.
-    config = ExperimentConfig(
-        name=exp.name, space="resnest", preset="small", data="digits",
-        image_size=args.image_size, objectives=("accuracy", "macs"), epochs=args.epochs,
-        trials=args.budget, time_budget_s=1e9, sampler=sampler, pruner=pruner, seed=seed,
-        storage="", train={"batch_size": args.batch_size},
-    )
-    objectives = parse_objectives("accuracy,macs")
-    extra = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
-    study = optuna.create_study(
-        directions=[o.direction for o in objectives],
-        sampler=make_sampler(sampler, seed=seed, n_trials=args.budget // args.epochs),
-        pruner=make_pruner(pruner, objectives, epochs=args.epochs, **extra),
-    )
-
-    def trial_config(trial_id: str, spec: Any, costs: Any,
-                     resume_from: str | None) -> dict[str, Any]:
-        return {"spec": spec.to_dict(), "data": "digits", "image_size": args.image_size,
-                "epochs": args.epochs, "seed": seed, "train_fraction": args.train_fraction,
-                **config.train}
-
-    space = get_space("resnest")
-    seeds = [cheapest_corner(space, config)] if anchored else []
-    ctrl = SearchController(config, exp, study, space, objectives, cost_function(config),
-                            trial_config, seed_specs=seeds, log=lambda _: None)
-    low, high = macs_range(args.image_size)
-    spent, history, started, train_s = 0, [(0, 0.0)], time.perf_counter(), 0.0
-    while spent < args.budget and (proposal := ctrl.next_trial()) is not None:
+    key = run_key({"strategy": strategy, "sampler": sampler, "anchor": anchored})
+    path = args.out / f"{key}-s{seed}.json"
+    if path.exists():
+        return path
+    exp = args.out / f"{key}-s{seed}"
+    shutil.rmtree(exp, ignore_errors=True)  # an unfinished run starts afresh
+    exp.mkdir(parents=True)
+    flags = search_flags(strategy, seed, args, exp)
+    config, _ = config_from_args(build_parser().parse_args(flags))
+    shape = describe(config.data, config.image_size or None)
+    config = replace(config, image_size=shape.image_size, num_classes=shape.num_classes,
+                     in_channels=shape.in_channels)
+    objectives = parse_objectives(list(config.objectives))
+    space = get_space(config.space, config.preset)
+    study = open_study(config, exp, objectives, resume=False)
+    ctrl = make_controller(config, exp, study, space, objectives, cost_function(config),
+                           resume=False)
+    ctrl.log = lambda _: None
+    low, high = macs_range(config.image_size, config.num_classes, config.in_channels)
+    compute, epochs, started, train_s = 0.0, 0, time.perf_counter(), 0.0
+    history: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
+    test: dict[str, float] = {}
+    while compute < args.budget and (proposal := ctrl.next_trial()) is not None:
         trial_id, trial_cfg = proposal
         try:
-            trial = Trial(build_trial_config(trial_cfg), threads=1)
-        except Exception as err:  # e.g. a spec the builder refuses: FAIL, no epochs spent
+            trial = Trial(TrialConfig.from_dict(trial_cfg), threads=1, include_test=True)
+        except Exception as err:  # e.g. a spec the builder refuses: FAIL, no compute spent
             ctrl.on_complete(trial_id, None, error=f"{type(err).__name__}: {err}")
             continue
         last: dict[str, Any] | None = None
         for last in trial.run():
-            spent += 1
+            compute += trial.costs["macs"]
+            epochs += 1
             train_s += last["epoch_seconds"]
             if ctrl.on_result(trial_id, last):
                 break
-            if spent >= args.budget and not trial.done:
-                ctrl.pruned[trial_id] = "stopped: epoch budget spent"
+            if compute >= args.budget and not trial.done:
+                ctrl.pruned[trial_id] = "stopped: compute budget spent"
                 break
+        if trial.done:
+            test[trial_id] = float(trial.trainer.evaluate("test")["top1"])
         ctrl.on_complete(trial_id, last)
-        history.append((spent, front_hypervolume(ctrl.front(), low, high)))
+        front = [(r.accuracy, r.costs["macs"]) for r in ctrl.front()]
+        history.append((compute, epochs, normalised_hypervolume(front, low, high)))
     result = {
         "strategy": strategy, "seed": seed, "sampler": sampler, "pruner": pruner,
-        "anchor": bool(seeds), "reduction_factor": getattr(study.pruner, "reduction_factor", None),
-        "budget": args.budget, "epochs_spent": spent, "history": history,
-        "macs_range": [low, high], "wall_s": time.perf_counter() - started,
-        "train_s": train_s, "counts": ctrl.counts(),
-        "front": [_summary(r) for r in ctrl.front()],
-        "trials": [_summary(r) for r in ctrl.records.values()],
+        "anchor": anchored, "flags": flags, "budget": args.budget, "compute": compute,
+        "epochs_spent": epochs, "history": history, "macs_range": [low, high],
+        "image_size": config.image_size, "data": config.data,
+        "train_fraction": config.train_fraction, "epochs": config.epochs,
+        "reduction_factor": getattr(study.pruner, "reduction_factor", None),
+        "first_rung": getattr(study.pruner, "min_resource", None),
+        "wall_s": time.perf_counter() - started, "train_s": train_s, "counts": ctrl.counts(),
+        "front": [_summary(r, test) for r in ctrl.front()],
+        "trials": [_summary(r, test) for r in ctrl.records.values()],
     }
-    path = args.out / f"{name}-s{seed}.json"
     path.write_text(json.dumps(result, indent=1))
-    print(f"{strategy} seed {seed}: {spent} epochs, hv {history[-1][1]:.4f}, "
-          f"{result['counts']}, {result['wall_s']:.0f}s", flush=True)
+    print(f"{key} seed {seed}: {compute / 1e9:.3f} G MAC-epochs, {epochs} epochs, "
+          f"hv {history[-1][2]:.4f}, {result['counts']}, {result['wall_s']:.0f}s", flush=True)
     return path
 
 
-def _summary(r: Any) -> dict[str, Any]:
+def _summary(r: Any, test: dict[str, float]) -> dict[str, Any]:
     return {"id": r.trial_id, "state": r.state, "tag": r.spec.tag, "macs": r.costs.get("macs"),
-            "accuracy": r.accuracy, "epochs": r.epochs}
-
-
-def macs_range(image_size: int) -> tuple[float, float]:
-    """(smallest, largest) MACs of the small resnest space at `image_size`: the cheapest corners
-    (`nas.search.anchor.corner_specs`) and every valid all-largest corner."""
-    space = get_space("resnest")
-    p = space.preset
-    config = ExperimentConfig(name="x", space="resnest", preset="small", data="digits",
-                              image_size=image_size, objectives=("accuracy", "macs"), epochs=1,
-                              trials=1, time_budget_s=1.0, sampler="tpe", pruner="none", seed=0,
-                              storage="")
-    low = min(static_costs(s, image_size).macs for s in corner_specs(space, config))
-    high = 0
-    for stem, avg_down, avd, first, radix, card in itertools.product(
-            p.stem, p.avg_down, p.avd, p.avd_first, p.usable_radix, p.cardinality):
-        answers = {"stem": stem, "stem_width": max(p.stem_width), "base_planes": max(p.base_planes),
-                   "avg_down": avg_down, "avd": avd, "avd_first": first,
-                   "attn_reduction": min(p.attn_reduction), "attn_min_width": max(p.attn_min_width),
-                   "dropout": 0.0}
-        for i, (_, deepest) in enumerate(p.stage_depths):
-            answers.update({f"s{i + 1}_depth": deepest, f"s{i + 1}_radix": radix,
-                            f"s{i + 1}_cardinality": card, f"s{i + 1}_width": max(p.width)})
-        try:
-            spec = space.suggest(AnswerTrial(answers)).replace(num_classes=10, in_channels=1)
-            high = max(high, static_costs(spec, image_size).macs)
-        except (UserError, KeyError):
-            continue
-    return float(low), float(high)
-
-
-def front_hypervolume(front: list[Any], low: float, high: float) -> float:
-    """Normalised hypervolume of (accuracy, log10 MACs); see the module docstring."""
-    if not front:
-        return 0.0
-    values = np.array([[r.accuracy, np.log10(r.costs["macs"])] for r in front], dtype=float)
-    box = np.log10(high) - np.log10(low)
-    return hypervolume(values, [True, False], [0.0, np.log10(high)]) / box
+            "accuracy": r.accuracy, "test": test.get(r.trial_id), "epochs": r.epochs,
+            "spec": r.spec.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
-        jobs = [(s, seed) for seed in args.seeds for s in args.strategies]  # interleaved: fair load
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(run_one, s, seed, args) for s, seed in jobs]:
-                future.result()
-    # --report-only reports every run in --out (ablations without the anchor included).
-    print(report(args.out, args.plot, None if args.report_only else args.strategies))
+    jobs = [(s, seed) for seed in args.seeds for s in args.strategies]  # interleaved: fair load
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(run_one, s, seed, args) for s, seed in jobs]:
+            future.result()
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["DEFAULT_BUDGET", "STRATEGIES", "run_key", "run_one"]

@@ -231,6 +231,7 @@ SLOW_TESTS = frozenset({
     "test_costs.py::test_memory_trace_on_meta_equals_real_tensors",
     "test_fashion_mnist.py::test_the_script_regenerates_the_subset",
     "test_resnest_bench.py::test_the_table_appends_resumes_and_each_row_reproduces",
+    "test_search_evidence.py::test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run",
     "test_train_cli.py::test_export_of_an_unfinished_run_needs_allow_partial",
 })
 
