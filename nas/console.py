@@ -5,6 +5,7 @@
     resnest-nas export ...   python -m nas.export ...
     resnest-nas train ...    python -m trials.train ...
     resnest-nas costs ...    python -m nas.costs ...
+    resnest-nas latency ...  python -m nas.latency ...
 
 A command's module is imported only when it runs (by name, the way `nas/__init__` resolves its
 exports), so `resnest-nas pareto` never pays for starting Ray and every command keeps its own
@@ -26,6 +27,7 @@ COMMANDS = {
     "export": ("nas.export.cli", "export a trial or a training run as a standalone PyTorch module"),
     "train": ("trials.train", "train (or fine-tune) one architecture standalone"),
     "costs": ("nas.costs", "parameters, MACs, peak memory and latency of one architecture"),
+    "latency": ("nas.latency.cli", "latency tables of a search space on this device (profile)"),
 }
 
 

@@ -43,6 +43,19 @@ def _counts(spec: ArchSpec, image_size: int) -> Count:
     return n_params + head_params, n_macs + head_macs
 
 
+def block_sides(spec: ArchSpec, image_size: int) -> tuple[int, list[list[int]], int]:
+    """(stem input side, the input side of every block per stage, the head's input side): the
+    feature-map sides the closed form walks through (latency tables key parts by them)."""
+    _, side = _stem(spec, image_size)
+    sides = []
+    for stage in block_plan(spec):
+        sides.append([])
+        for args in stage:
+            sides[-1].append(side)
+            side = _block(args, side)[1]
+    return image_size, sides, side
+
+
 def _add(*counts: Count) -> Count:
     params_of, macs_of = zip(*counts, strict=True)
     return sum(params_of), sum(macs_of)

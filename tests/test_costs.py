@@ -222,7 +222,7 @@ def test_cli_prints_costs(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     assert main([str(path), "--image-size", "16", "--batch-size", "2"]) == 0
     text = capsys.readouterr().out
     assert "MACs @16px" in text and "peak train-forward" in text
-    assert "latency (batch 1)" in text and "images/s" in text
+    assert "latency" in text and "per forward (median of 10" in text and "images/s" in text
 
 
 @pytest.mark.parametrize("args,message", [

@@ -16,7 +16,9 @@ Definitions (state them with every number):
   meta/CPU: exact tensor bytes tracked per storage. CUDA: max_memory_allocated minus the bytes
   allocated before the forward (so it also counts cuDNN workspaces and allocator rounding).
   None when not asked for.
-- latency_ms: median wall time of an eval forward at batch 1 after warm-up.
+- latency_ms: median wall time of `runs` eval forwards after `warmup` untimed ones, by the
+  latency backend `latency` describes (`nas.models.latency`: torch eager, torch.compile or
+  onnxruntime, at its batch size, threads and precision; torch eager at batch 1 by default).
 - throughput_images_per_s: eval forward images/s at `batch_size` (median over runs).
 - device: "meta" for static costs (nothing ran on a real device), else where it was measured.
 """
@@ -36,6 +38,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nas.models.builder import build_model
+from nas.models.latency import LatencyBackend, LatencySettings
 from search_spaces import counts
 from search_spaces.errors import UserError
 from search_spaces.registry import SpecLike, resolve_spec
@@ -57,6 +60,7 @@ class CostRecord:
     device: str
     batch_size: int
     threads: int | None = None
+    latency: dict[str, Any] | None = None  # the latency's settings (`LatencySettings`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,8 +184,10 @@ def _cuda_peak(model: nn.Module, x: torch.Tensor) -> int:
 
 def measure_costs(spec: SpecLike, image_size: int | None = None, device: str = "cpu",
                   batch_size: int = DEFAULT_BATCH, latency: bool = True, warmup: int = 3,
-                  runs: int = 10, memory: bool = True) -> CostRecord:
-    """Static costs plus measured latency (batch 1) and throughput (`batch_size`) on `device`;
+                  runs: int = 10, memory: bool = True,
+                  latency_settings: LatencySettings | None = None) -> CostRecord:
+    """Static costs plus measured latency (`latency_settings`; default torch eager at batch 1
+    on `device` with torch's current threads) and eager throughput (`batch_size`) on `device`;
     peak memory (if `memory`) from the CUDA allocator on CUDA, else traced on meta."""
     resolved = resolve_spec(spec)
     if device not in ("cpu", "cuda"):
@@ -190,7 +196,7 @@ def measure_costs(spec: SpecLike, image_size: int | None = None, device: str = "
         raise UserError("device cuda requested but CUDA is not available")
     static = static_costs(resolved, image_size, batch_size, memory=memory and device == "cpu")
     dev = torch.device(device)
-    peak, lat, thr = static.peak_memory_bytes, None, None
+    peak, lat, thr, how = static.peak_memory_bytes, None, None, None
     size = static.image_size
     if (memory and dev.type == "cuda") or latency:
         model = build_model(resolved).to(dev)
@@ -198,14 +204,16 @@ def measure_costs(spec: SpecLike, image_size: int | None = None, device: str = "
         x = torch.randn(batch_size, resolved.in_channels, size, size, device=dev)
         peak = _cuda_peak(model, x)
     if latency:
-        model.eval()
-        one = torch.randn(1, resolved.in_channels, size, size, device=dev)
+        settings = latency_settings or LatencySettings(
+            device=device, threads=torch.get_num_threads(), warmup=warmup, runs=runs)
+        how = settings.to_dict()
+        lat = LatencyBackend(settings).measure(model, (resolved.in_channels, size, size))
+        model.to(dev).eval()
         batch = torch.randn(batch_size, resolved.in_channels, size, size, device=dev)
         with torch.inference_mode():
-            lat = 1e3 * _median_time(lambda: model(one), dev, warmup, runs)
             thr = batch_size / _median_time(lambda: model(batch), dev, warmup, runs)
     return CostRecord(
         params=static.params, macs=static.macs, image_size=size, peak_memory_bytes=peak,
         latency_ms=lat, throughput_images_per_s=thr, device=device, batch_size=batch_size,
-        threads=torch.get_num_threads() if device == "cpu" else None,
+        threads=torch.get_num_threads() if device == "cpu" else None, latency=how,
     )
