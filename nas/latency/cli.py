@@ -32,7 +32,7 @@ def build_parser() -> OneLineParser:
     q.add_argument("--space", default="resnest", help=f"one of {', '.join(list_spaces())}")
     q.add_argument("--preset", default=None, help=f"space bounds: {', '.join(list_presets())} "
                    "(default: the space's own)")
-    q.add_argument("--image-size", type=int, required=True, help="input side in px")
+    q.add_argument("--image-size", type=int, required=True, help="input side in px (required)")
     q.add_argument("--num-classes", type=int, default=None,
                    help="classes of the task (default: the preset's)")
     q.add_argument("--in-channels", type=int, default=None,
@@ -52,7 +52,7 @@ def build_parser() -> OneLineParser:
     q.add_argument("--only-sampled", action="store_true",
                    help="time only the parts of the sampled networks (a partial table: quick "
                         "evidence of the prediction's error; nas.search refuses it)")
-    q.add_argument("--out", required=True, help="the table's JSON file")
+    q.add_argument("--out", required=True, help="the table's JSON file (required)")
     q.add_argument("--smoke", action="store_true",
                    help="few runs, 2 + 3 networks, their parts only (tests, a first look)")
     return p
