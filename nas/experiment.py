@@ -188,6 +188,9 @@ class ExperimentConfig:
     in_channels: int = 1
     train: dict[str, Any] = field(default_factory=dict)
     train_fraction: float = 1.0  # share of the train split each trial trains on
+    # How latency is taken when an objective or constraint needs it (empty otherwise): measured
+    # on each trial's worker, or predicted from a latency table; the settings and definition.
+    latency: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

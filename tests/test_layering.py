@@ -33,6 +33,7 @@ FILE_NAMES = {
     '"metrics.jsonl"': "trials/run_dir.py",
     '"spec.json"': "trials/run_dir.py",
     '"result.json"': "trials/run_dir.py",
+    '"latency.json"': "trials/run_dir.py",
 }
 
 

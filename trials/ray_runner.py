@@ -31,6 +31,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search_spaces.errors import UserError
+from trials.latency_step import latency_report, trial_latency
 from trials.run_dir import RunDir
 from trials.training import TrainingFailed, load_checkpoint
 from trials.trial import EPOCH_KEYS, Trial
@@ -38,7 +39,9 @@ from trials.trial_config import TrialConfig, build_trial_config
 
 # --- trial -------------------------------------------------------------------------------------
 # An epoch's result carries only `EPOCH_KEYS`, what the search driver reads; a failed trial's
-# last result carries `failed` and `reason` instead. Ray adds its own keys (time_total_s).
+# last result carries `failed` and `reason` instead. A trial that measures its latency reports
+# `latency_ms` first (and `infeasible` when it breaks the latency constraint, then stops). Ray
+# adds its own keys (time_total_s).
 
 
 def assigned_resources() -> tuple[int, str]:
@@ -102,6 +105,16 @@ def run_trial(config: Mapping[str, Any], *, report: Callable[..., None],
     except UserError as err:
         report(failure_report(err))
         return
+    try:  # before training, on this worker's own resources (see trials.latency_step)
+        latency = trial_latency(trial_config, device, threads)
+    except (UserError, RuntimeError, OSError, ValueError) as err:
+        report(failure_report(err))
+        return
+    if latency is not None:
+        measured = latency_report(trial_config, latency)
+        report(measured)
+        if "infeasible" in measured:  # the driver records it INFEASIBLE; nothing is trained
+            return
     state = _restored_state(trial_config, get_checkpoint())
     try:
         trial = Trial(trial_config, checkpoint=state, device=device, threads=threads)

@@ -28,3 +28,8 @@ class RunDir:
     @property
     def result(self) -> Path:
         return self.path / "result.json"
+
+    @property
+    def latency(self) -> Path:
+        """A search trial's latency, measured on its worker before training (with how, where)."""
+        return self.path / "latency.json"

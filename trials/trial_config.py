@@ -47,6 +47,12 @@ class TrialConfig:
     in_memory: bool | None = None
     device: str = "auto"
     workers: int | None = None
+    # Latency measured on the worker before training (`trials.latency_step`): the settings
+    # (`nas.models.latency.LatencySettings` without device; threads None = the trial's CPUs),
+    # the constraint it is checked against and the node-wide lock serialising measurements.
+    latency: dict[str, Any] | None = None
+    max_latency_ms: float | None = None
+    latency_lock: str | None = None
 
     @property
     def epochs(self) -> int:
@@ -113,7 +119,8 @@ TRIAL_DEFAULTS: dict[str, Any] = {
     "adapt": True,  # retarget num_classes/in_channels to the data (False: a mismatch is an error)
     "train_fraction": None,  # None: the dataset's default (trials.bundle.DEFAULT_TRAIN_FRACTION)
     **{f.name: f.default for f in dataclasses.fields(TrialConfig)
-       if f.name not in ("spec", "data", "image_size", "train", "costs", "train_fraction")},
+       if f.name not in ("spec", "data", "image_size", "train", "costs", "train_fraction",
+                         "latency", "max_latency_ms", "latency_lock")},
     **{f.name: f.default for f in dataclasses.fields(TrainConfig)},
 }
 

@@ -37,7 +37,10 @@ from nas.experiment import (
     read_trials_csv,
     study_location,
 )
-from nas.models.costs import measure_costs, static_costs
+from nas.latency.parts import space_parts
+from nas.latency.table import LatencyTable, file_digest, load_table
+from nas.models.costs import static_costs
+from nas.models.latency import BACKENDS, PRECISIONS, LatencySettings, check_backend_available
 from nas.search.anchor import cheapest_corner, corner_specs
 from nas.search.controller import CONSTRAINT_COLUMNS, SearchController, adapt_to_task
 from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
@@ -58,6 +61,9 @@ from trials.trial_config import TRIAL_DEFAULTS, TrialConfig
 # The budget flags default to None so `--resume` can tell "given" from "not given".
 DEFAULTS = {"trials": 32, "epochs": 4, "time_budget": "4m"}
 SMOKE = {"trials": 4, "epochs": 2, "time_budget": "2m", "image_size": 8}
+LATENCY_RUNS = {"warmup": 5, "runs": 20}  # a trial's latency measurement (smoke: 1 and 3)
+NOISE = ("one latency measurement at a time per machine (a node-wide lock); trials training "
+         "meanwhile keep running: docs/benchmarks.md, 'Latency (issue 22)', states the inflation")
 
 
 def parse_duration(text: str) -> float:
@@ -100,8 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=float, default=None,
                    help="constraint on parameters (default: none)")
     p.add_argument("--max-latency-ms", type=float, default=None,
-                   help="constraint on batch-1 latency measured on the driver's CPU "
-                        "(default: none)")
+                   help="constraint on latency (measured on each trial's worker before it "
+                        "trains, or predicted by --latency-table; default: none)")
+    p.add_argument("--latency-backend", default=None,
+                   help=f"how latency is measured: {', '.join(BACKENDS)} (default: torch, or "
+                        "the table's)")
+    p.add_argument("--latency-batch-size", type=int, default=None,
+                   help="images per timed forward (default: 1, or the table's)")
+    p.add_argument("--latency-threads", type=int, default=None,
+                   help="CPU threads of the measurement (default: the trial's CPUs, or the "
+                        "table's)")
+    p.add_argument("--latency-precision", default=None,
+                   help=f"{', '.join(PRECISIONS)} (default: fp32, or the table's)")
+    p.add_argument("--latency-table", default=None,
+                   help="predict latency from this table (python -m nas.latency profile, run on "
+                        "the target device) instead of measuring it (default: measure)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs each trial holds")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs allowed")
     p.add_argument("--concurrency", type=int, default=None,
@@ -172,6 +191,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
                 else default_train_fraction(args.data))
     if not 0 < fraction <= 1:
         raise UserError(f"--train-fraction must be in (0, 1], got {fraction:g}")
+    latency = latency_config(args, tuple(o.name for o in objectives), constraints)
     train = {"batch_size": args.batch_size}
     if args.lr is not None:
         train["lr"] = args.lr
@@ -181,12 +201,100 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
             o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
         constraints=constraints, seed_points=seed_points, anchor=args.anchor, train=train,
-        train_fraction=fraction,
+        train_fraction=fraction, latency=latency,
     )
     runtime = {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
                "concurrency": args.concurrency, "address": args.address,
                "max_failures": args.max_failures, "verbose": args.verbose}
     return config, runtime
+
+
+LATENCY_FLAGS = (("--latency-backend", "latency_backend", "backend"),
+                 ("--latency-batch-size", "latency_batch_size", "batch_size"),
+                 ("--latency-threads", "latency_threads", "threads"),
+                 ("--latency-precision", "latency_precision", "precision"))
+
+
+def latency_config(args: argparse.Namespace, objectives: tuple[str, ...],
+                   constraints: dict[str, float]) -> dict[str, Any]:
+    """How the search takes latency (experiment.json's `latency`), checked before anything is
+    written: measured on each trial's worker with these settings, or predicted from a table."""
+    given = [flag for flag, dest, _ in LATENCY_FLAGS if getattr(args, dest) is not None]
+    given += ["--latency-table"] if args.latency_table is not None else []
+    if "latency" not in objectives and "max_latency_ms" not in constraints:
+        if given:
+            raise UserError(f"{given[0]} applies only when latency is an objective "
+                            "(--objectives accuracy,latency) or --max-latency-ms a constraint")
+        return {}
+    for flag, value in (("--latency-batch-size", args.latency_batch_size),
+                        ("--latency-threads", args.latency_threads)):
+        _positive(flag, value)
+    if args.latency_table is not None:
+        path = Path(args.latency_table)
+        table = load_table(path)
+        for flag, dest, key in LATENCY_FLAGS:
+            value = getattr(args, dest)
+            if value is not None and value != getattr(table.settings, key):
+                raise UserError(f"{flag} {value} differs from latency table {path}, measured "
+                                f"with {key} {getattr(table.settings, key)}; profile again with "
+                                "that setting or leave the flag out")
+        validation = table.validation
+        return {"source": "table", "table": str(path.resolve()), "sha256": file_digest(path),
+                **table.settings.to_dict(), "constant_ms": table.constant_ms,
+                "definition": "predicted: the table's constant plus the sum of its parts, each "
+                              f"timed as: {table.settings.describe()}",
+                "table_machine": table.machine,
+                "table_validation": {k: validation[k] for k in ("mape_percent", "spearman")
+                                     if k in validation}}
+    runs = {"warmup": 1, "runs": 3} if args.smoke else LATENCY_RUNS
+    settings = LatencySettings(backend=args.latency_backend or "torch",
+                               batch_size=args.latency_batch_size or 1,
+                               threads=args.latency_threads or 1,
+                               precision=args.latency_precision or "fp32", **runs)
+    check_backend_available(settings)  # a missing extra is named here, not on every worker
+    values = {**settings.to_dict(), "threads": args.latency_threads}
+    del values["device"]
+    threads = (f"{args.latency_threads} thread(s)" if args.latency_threads
+               else "the trial's CPUs as threads")
+    return {"source": "worker", **values,
+            "device": "the trial's: cuda when it holds a GPU, else cpu",
+            "definition": f"measured on each trial's worker before it trains: median of "
+                          f"{settings.runs} timed forwards after {settings.warmup} warm-up, "
+                          f"backend {settings.backend}, batch {settings.batch_size}, "
+                          f"{settings.precision}, {threads}",
+            "noise": NOISE}
+
+
+def worker_latency(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The settings a trial's worker measures latency with (None: it measures none)."""
+    if config.latency.get("source") != "worker":
+        return None
+    return {k: config.latency[k] for k in ("backend", "batch_size", "threads", "precision",
+                                           "warmup", "runs")}
+
+
+def experiment_table(config: ExperimentConfig, space: ResNeStSpace) -> LatencyTable | None:
+    """The experiment's latency table, checked against the search (space, image size, task,
+    backend, every part the space can produce, unchanged since the experiment began)."""
+    if config.latency.get("source") != "table":
+        return None
+    path = config.latency["table"]
+    table = load_table(path)
+    if file_digest(path) != config.latency["sha256"]:
+        raise UserError(f"latency table {path} changed since this experiment began (its "
+                        "SHA-256 differs from experiment.json's); restore it")
+    table.check_for(preset=space.preset.name, image_size=config.image_size,
+                    backend=config.latency["backend"], num_classes=config.num_classes,
+                    in_channels=config.in_channels, source=f"latency table {path}")
+    needed = space_parts(space, config.image_size, config.num_classes, config.in_channels)
+    missing = table.missing(sorted(needed))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UserError(f"latency table {path} lacks part {missing[0]}{more}, which space "
+                        f"{config.space} (preset {space.preset.name}) can produce at "
+                        f"{config.image_size} px; profile the whole space (without "
+                        "--only-sampled)")
+    return table
 
 
 def resolved_data(text: str) -> str:
@@ -196,30 +304,27 @@ def resolved_data(text: str) -> str:
     return f"{kind}:{fashion_mnist_dir()}" if kind == "fashion-mnist" and path is None else text
 
 
-def cost_function(config: ExperimentConfig) -> Any:
-    """Params and MACs per spec at the search's resolution; peak memory and latency only when
-    something uses them (memory is traced, latency timed: both cost far more than the counts)."""
-    needs_latency = "latency" in config.objectives or "max_latency_ms" in config.constraints
+def cost_function(config: ExperimentConfig, table: LatencyTable | None = None) -> Any:
+    """Params and MACs per spec at the search's resolution; peak memory only when something uses
+    it (traced: it costs far more than the counts). Latency is predicted here from `table`;
+    without one it is measured by each trial's worker before training, never by the driver."""
     needs_memory = "memory" in config.objectives
 
     def costs(spec: ArchSpec) -> dict[str, float]:
-        if needs_latency:
-            record = measure_costs(spec, image_size=config.image_size, device="cpu",
-                                   memory=needs_memory)
-        else:
-            record = static_costs(spec, image_size=config.image_size, memory=needs_memory)
+        record = static_costs(spec, image_size=config.image_size, memory=needs_memory)
         out = {"params": float(record.params), "macs": float(record.macs)}
         if needs_memory:
             out["peak_memory_bytes"] = float(record.peak_memory_bytes)
-        if needs_latency:
-            out["latency_ms"] = float(record.latency_ms)
+        if table is not None:
+            out["latency_ms"] = table.predict(spec)
         return out
 
     return costs
 
 
 def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any) -> None:
-    """Refuse constraints that no architecture of the space meets, before any training."""
+    """Refuse constraints that no architecture of the space meets, before any training (a
+    latency measured on the workers is checked there, each trial before it trains)."""
     if not config.constraints:
         return
     rng = np.random.default_rng(config.seed)
@@ -228,7 +333,8 @@ def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any)
         for _ in range(16)
     ]
     table = [costs(s) for s in candidates]
-    for flag, limit in config.constraints.items():
+    known = {f: v for f, v in config.constraints.items() if CONSTRAINT_COLUMNS[f] in table[0]}
+    for flag, limit in known.items():
         column = CONSTRAINT_COLUMNS[flag]
         cheapest = min(c[column] for c in table)
         if cheapest > limit:
@@ -237,11 +343,10 @@ def check_satisfiable(space: ResNeStSpace, config: ExperimentConfig, costs: Any)
                 f"architecture of space {space.name} found has {column} {cheapest:.4g} "
                 f"at {config.image_size} px"
             )
-    if not any(all(c[CONSTRAINT_COLUMNS[f]] <= lim for f, lim in config.constraints.items())
-               for c in table):
+    if not any(all(c[CONSTRAINT_COLUMNS[f]] <= lim for f, lim in known.items()) for c in table):
         raise UserError(
             "the constraints contradict each other: no sampled architecture meets all of "
-            + ", ".join(f"--{f.replace('_', '-')} {v:g}" for f, v in config.constraints.items())
+            + ", ".join(f"--{f.replace('_', '-')} {v:g}" for f, v in known.items())
         )
 
 
@@ -336,7 +441,7 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
             f"networks need at least {smallest} px"
         )
     objectives = parse_objectives(list(config.objectives))
-    costs = cost_function(config)
+    costs = cost_function(config, experiment_table(config, space))
     check_satisfiable(space, config, costs)
     if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
         check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
@@ -375,6 +480,8 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
           f"{config.trials} trials, {config.epochs} epochs, {config.time_budget_s:.0f}s budget, "
           f"objectives {','.join(config.objectives)}, sampler {config.sampler}, "
           f"pruner {config.pruner}, {concurrency} at once -> {exp}", flush=True)
+    if config.latency:
+        print(f"latency: {config.latency['definition']}", flush=True)
     try:
         ray_runner.run_search(
             controller, storage_path=exp, cpus_per_trial=runtime["cpus_per_trial"],
@@ -447,6 +554,11 @@ FIXED_ON_RESUME: tuple[tuple[str, str, Setting, str], ...] = (
     ("--max-macs", "max_macs", lambda c: c.constraints.get("max_macs"), ""),
     ("--max-params", "max_params", lambda c: c.constraints.get("max_params"), ""),
     ("--max-latency-ms", "max_latency_ms", lambda c: c.constraints.get("max_latency_ms"), ""),
+    ("--latency-backend", "latency_backend", lambda c: c.latency.get("backend"), ""),
+    ("--latency-batch-size", "latency_batch_size", lambda c: c.latency.get("batch_size"), ""),
+    ("--latency-threads", "latency_threads", lambda c: c.latency.get("threads"), ""),
+    ("--latency-precision", "latency_precision", lambda c: c.latency.get("precision"), ""),
+    ("--latency-table", "latency_table", lambda c: c.latency.get("table") or "(none)", ""),
     ("--seed-points", "seed_points", lambda c: ",".join(c.seed_points) or "(none)", ""),
     ("--anchor/--no-anchor", "anchor", lambda c: c.anchor, ""),
     ("--batch-size", "batch_size", lambda c: c.train.get("batch_size"), ""),
@@ -528,6 +640,8 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
         seeds.append(cheapest_corner(space, config))
 
     train = TrainConfig(**{**config.train, "epochs": config.epochs, "seed": config.seed})
+    latency = worker_latency(config)
+    max_latency = config.constraints.get("max_latency_ms") if latency else None
 
     def trial_config(trial_id: str, spec: ArchSpec, spec_costs: dict[str, float],
                      resume_from: str | None) -> dict[str, Any]:
@@ -536,6 +650,7 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
             spec=spec, data=config.data, image_size=config.image_size, train=train,
             train_fraction=config.train_fraction, costs=spec_costs, resume_from=resume_from,
             trial_dir=str(ExperimentDir(exp).trial(trial_id).path.resolve()),
+            latency=latency, max_latency_ms=max_latency,
         ).to_dict()
 
     return SearchController(config, exp, study, space, objectives, costs, trial_config,

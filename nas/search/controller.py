@@ -97,6 +97,8 @@ class SearchController:
         )
         self.live: dict[str, optuna.Trial] = {}
         self.pruned: dict[str, str] = {}
+        self.infeasible: dict[str, str] = {}  # broke a constraint on its worker: why
+        self._latency_on_worker = config.latency.get("source") == "worker"
         self.started = time.monotonic()
         self._status_at = self.started  # when status_of_running last gave a line
         self.stopped = False
@@ -169,7 +171,11 @@ class SearchController:
             violations = self._violations(costs)
             for key, value in costs.items():
                 trial.set_user_attr(key, value)
-            record_violations(trial, violations, constrained=bool(self.config.constraints))
+            # Optuna keeps a trial's first constraints: with the latency still to come from the
+            # worker, they are set when it arrives (`_record_latency`).
+            later = self._latency_on_worker and not any(v > 0 for v in violations)
+            record_violations(trial, violations,
+                              constrained=bool(self.config.constraints) and not later)
             if any(v > 0 for v in violations):
                 reason = "; ".join(self._violation_text(costs))
                 trial.set_user_attr(REASON_ATTR, reason)
@@ -222,8 +228,10 @@ class SearchController:
 
     # Reports ----------------------------------------------------------------------------------
     def on_result(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Record one epoch; True when the pruner says stop (or storage failed)."""
+        """Record one epoch (or the latency a worker measured before training); True when the
+        pruner says stop (or storage failed)."""
         try:
+            self._record_latency(trial_id, result)
             epoch = self._record_epoch(trial_id, result)
             if self.failure is not None:
                 return True
@@ -236,6 +244,23 @@ class SearchController:
             self._storage_failed(err)
             return True
         return False
+
+    def _record_latency(self, trial_id: str, result: dict[str, Any]) -> None:
+        """A worker's measured latency joins the trial's costs (trials.csv, the study's user
+        attribute the pruner ranks by); one that breaks --max-latency-ms marks it INFEASIBLE."""
+        record, trial = self.records.get(trial_id), self.live.get(trial_id)
+        if record is None or trial is None or result.get("latency_ms") is None:
+            return
+        value = float(result["latency_ms"])
+        if record.costs.get("latency_ms") != value:
+            costs = {**record.costs, "latency_ms": value}
+            self.records[trial_id] = replace(record, costs=costs)
+            trial.set_user_attr("latency_ms", value)
+            violations = self._violations(costs)
+            record_violations(trial, violations, constrained=bool(self.config.constraints))
+            self._record(self.records[trial_id])
+        if result.get("infeasible"):
+            self.infeasible[trial_id] = str(result["infeasible"])
 
     def _record_epoch(self, trial_id: str, result: dict[str, Any]) -> int | None:
         """Add an epoch's result to a live trial's curve and its study trial; the epoch, or None
@@ -266,6 +291,7 @@ class SearchController:
         if trial_id not in self.live or trial_id not in self.records:
             return
         if result:
+            self._guard(lambda: self._record_latency(trial_id, result))
             self._guard(lambda: self._record_epoch(trial_id, result))
         trial = self.live.pop(trial_id)
         record = self.records[trial_id]
@@ -273,6 +299,8 @@ class SearchController:
         failure = error or (result or {}).get("failed")
         if failure:
             state, reason = "FAIL", str(failure)
+        elif trial_id in self.infeasible:  # measured on its worker, never trained
+            state, reason = "INFEASIBLE", self.infeasible.pop(trial_id)
         elif record.epochs >= self.config.epochs:
             state, reason = "COMPLETE", ""
         elif self.failure is not None and trial_id not in self.pruned:  # cut short, not pruned
@@ -287,6 +315,8 @@ class SearchController:
             trial.set_user_attr(EPOCHS_ATTR, record.epochs)
             if state == "COMPLETE":
                 self.study.tell(trial, self._values(record.accuracy, record.costs))
+            elif state == "INFEASIBLE":  # as a driver-refused proposal is told
+                self.study.tell(trial, self._values(0.0, record.costs))
             else:
                 self.study.tell(trial, state=getattr(TrialState, state))
 
