@@ -98,6 +98,31 @@ def test_extraction_equals_the_supernet_exactly_after_the_same_recalibration(nam
         assert torch.equal(alone(images), expected), spec.tag
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_training_a_sub_network_trains_its_slice_as_the_standalone_network(seed: int) -> None:
+    """Train mode (batch statistics): same outputs, and each stored tensor's gradient on the
+    entries the spec uses, read in storage order, is the standalone tensor's gradient."""
+    supernet = _randomized()
+    spec = _specs(CONFIG, 3, seed=seed)[seed + 2]
+    model = build_model(spec)
+    model.load_state_dict(supernet.extract(spec)[1], strict=True)
+    images, labels = _images(8, 0), torch.arange(8)
+    out = supernet.train()(images, spec)
+    assert torch.equal(out, model.train()(images))
+    nn.functional.cross_entropy(out, labels).backward()
+    nn.functional.cross_entropy(model(images), labels).backward()
+    stored = dict(supernet.named_parameters())
+    masks = supernet.usage(spec)
+    for name, param in model.named_parameters():
+        if name not in stored:  # a branch tensor: layerI.J.<family branch>.<storage name>
+            stage, block, rest = name.split(".", 2)
+            family = ("plain", "sigmoid", "softmax")[min(spec.stages[int(stage[5:]) - 1].radix, 2)]
+            name = f"{stage}.{block}.branches.{family}.{rest.replace('.', '_')}"
+        grad = stored[name].grad
+        assert torch.equal(grad[masks[name]], param.grad.flatten()), name
+        assert not grad[~masks[name]].any(), name
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_every_slice_has_the_shape_and_name_the_spec_implies(seed: int) -> None:
     supernet = Supernet(CONFIG)

@@ -82,7 +82,8 @@ class ElasticBranch(nn.Module):
         masks = {}
         for name, axes in self.axes.items():
             if store_name(name) in params:
-                mask = torch.zeros(self.stored(name).shape, dtype=torch.bool)
+                stored = self.stored(name)
+                mask = torch.zeros(stored.shape, dtype=torch.bool, device=stored.device)
                 take(mask, axes, sizes).fill_(True)
                 masks[store_name(name)] = mask
         return masks

@@ -158,7 +158,7 @@ class Supernet(nn.Module):
     def extract_model(self, spec: ArchSpec) -> ResNeSt:
         """`build_model(spec)` holding the inherited weights, in eval mode."""
         spec, state = self.extract(spec)
-        model = build_model(spec)
+        model = build_model(spec).to(self.fc.weight.device)
         model.load_state_dict(state, strict=True)
         return model.eval()
 
@@ -178,7 +178,7 @@ class Supernet(nn.Module):
     def usage(self, spec: ArchSpec) -> dict[str, torch.Tensor]:
         """For every parameter (by `named_parameters` name), a bool mask of the entries `spec`
         uses: its gradient is zero elsewhere."""
-        masks = {name: torch.zeros(p.shape, dtype=torch.bool)
+        masks = {name: torch.zeros(p.shape, dtype=torch.bool, device=p.device)
                  for name, p in self.named_parameters()}
         used = ["conv1.", "bn1.", "fc."]
         for prefix, _, branch, sizes in self._blocks(self.check(spec)):

@@ -40,7 +40,11 @@ class SandwichResult:
 def sandwich_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor],
                   optimizer: torch.optim.Optimizer, rng: np.random.Generator, n_random: int = 2,
                   distill: bool = True) -> SandwichResult:
-    """One optimizer step on the largest, the smallest and `n_random` random sub-networks."""
+    """One optimizer step on the largest, the smallest and `n_random` random sub-networks.
+
+    Their gradients are zero on every stored entry none of them uses; an optimizer with weight
+    decay or momentum still moves such entries (within a tensor some sub-network used), plain SGD
+    does not."""
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
         raise UserError(f"n_random must be an integer >= 0, got {n_random!r}")
     if not isinstance(rng, np.random.Generator):
