@@ -58,9 +58,12 @@ STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (sampler, pruner)
     "random": ("random", "none"),
     "tpe_sha": ("tpe", "sha"),
 }
-# 1 G MAC-epochs: about 12 full-fidelity uniform samples of the small space at 16 px (their
-# median is about 21 MMACs), or 115 trainings of its cheapest corner; set before any run.
-DEFAULT_BUDGET = 1.0e9
+# 0.5 G MAC-epochs: about what the quick start's 32 trials spend (docs/benchmarks.md), 4 full-
+# fidelity uniform samples of the small space at 16 px (mean about 31 MMACs), or 57 trainings of
+# its cheapest corner. (1 G was set first and cut to this before any run ended, for compute.)
+DEFAULT_BUDGET = 0.5e9
+# The compute budget ends a run, never the search's wall clock (a loaded machine is slower).
+NO_CLOCK = "1000h"
 # --smoke: the same code path on 8 px images and 5% of train, for the tests.
 SMOKE_FLAGS = ("--image-size", "8", "--train-fraction", "0.05")
 
@@ -98,6 +101,7 @@ def search_flags(strategy: str, seed: int, args: argparse.Namespace, exp: Path) 
     anchored = args.anchor and sampler != "random"
     flags = ["--sampler", sampler, "--pruner", pruner, "--seed", str(seed),
              "--out", str(exp.parent), "--name", exp.name, "--trials", str(args.max_trials),
+             "--time-budget", NO_CLOCK,
              "--anchor" if anchored else "--no-anchor", *args.search_flags.split()]
     return flags + list(SMOKE_FLAGS) if args.smoke else flags
 
@@ -152,6 +156,10 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
         ctrl.on_complete(trial_id, last)
         front = [(r.accuracy, r.costs["macs"]) for r in ctrl.front()]
         history.append((compute, epochs, normalised_hypervolume(front, low, high)))
+    if compute < args.budget:  # the controller stopped proposing: say why, keep nothing
+        raise RuntimeError(f"{key} seed {seed} ended at {compute:.3g} of {args.budget:.3g} "
+                           f"MAC-epochs after {ctrl.launched} trials (--max-trials "
+                           f"{args.max_trials}?)")
     result = {
         "strategy": strategy, "seed": seed, "sampler": sampler, "pruner": pruner,
         "anchor": anchored, "flags": flags, "budget": args.budget, "compute": compute,

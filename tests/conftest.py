@@ -232,6 +232,7 @@ SLOW_TESTS = frozenset({
     "test_fashion_mnist.py::test_the_script_regenerates_the_subset",
     "test_resnest_bench.py::test_the_table_appends_resumes_and_each_row_reproduces",
     "test_search_evidence.py::test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run",
+    "test_search_evidence.py::test_a_run_the_controller_ends_before_the_budget_writes_no_result",
     "test_train_cli.py::test_export_of_an_unfinished_run_needs_allow_partial",
 })
 

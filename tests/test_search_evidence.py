@@ -121,6 +121,7 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
     assert (config.sampler, config.pruner, config.anchor, config.seed) == ("tpe", "pareto",
                                                                            True, 0)
     assert run["data"] == config.data and run["train_fraction"] == config.train_fraction
+    assert config.time_budget_s >= 1e6  # compute ends a run, not a loaded machine's clock
     compute = [h[0] for h in run["history"]]
     assert compute == sorted(compute) and compute[-1] == run["compute"] >= run["budget"]
     spent = sum(t["macs"] * t["epochs"] for t in run["trials"])
@@ -147,3 +148,10 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
     frame.assign(image_size=16)[list(COLUMNS)].to_csv(other, index=False)
     with pytest.raises(SystemExit, match="error: the runs .* at \\[8\\] px but .* at 16 px"):
         efficiency_report.report(out, other, None)
+
+
+def test_a_run_the_controller_ends_before_the_budget_writes_no_result(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="ended at .* after 1 trials"):
+        search_efficiency.main(["--smoke", "--seeds", "0", "--budget", "1e12", "--max-trials",
+                                "1", "--jobs", "1", "--out", str(tmp_path)])
+    assert not (tmp_path / "default-s0.json").exists()
