@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from itertools import chain
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -117,7 +118,7 @@ class Supernet(nn.Module):
     def smallest(self) -> ArchSpec:
         return self.config.smallest()
 
-    def sample_covered(self, rng: object) -> ArchSpec:
+    def sample_covered(self, rng: np.random.Generator) -> ArchSpec:
         """A covered architecture drawn from a numpy `Generator` (one uniform choice per axis)."""
         return self.config.sample(rng)
 

@@ -3,8 +3,10 @@
 `sandwich_step` is BigNAS's rule: each step trains the largest sub-network on the labels, then
 the smallest and `n_random` random covered ones, each on the largest's softened predictions
 (in-place distillation; the teacher's outputs are detached), and applies one optimizer step to
-the gradients of all of them. Randomness comes only from the numpy Generator passed in (and, if
-the supernet's dropout is above 0, torch's default generator inside dropout).
+the gradients of all of them. With the small preset the largest is all softmax (radix 4) and the
+smallest all plain (radix 0), so the sigmoid family (radix 1) learns from the random draws only.
+Randomness comes only from the numpy Generator passed in (and, if the supernet's dropout is above
+0, torch's default generator inside dropout).
 
 `recalibrate_bn` re-estimates one sub-network's BatchNorm statistics on training batches: the
 statistics are reset and averaged over all batches with equal weight (torch's cumulative moving
