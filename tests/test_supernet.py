@@ -20,7 +20,7 @@ from nas.supernet import (
     reorder_by_importance,
     sandwich_step,
 )
-from search_spaces import ArchSpec, StageSpec
+from search_spaces import ArchSpec, StageSpec, get_space
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import SMALL
 
@@ -346,6 +346,29 @@ def test_sampling_is_seeded_and_covered() -> None:
     assert [s.depth for s in largest.stages] == [2, 2, 2, 2]
     assert {(s.radix, s.cardinality, s.width) for s in largest.stages} == {(4, 4, 64)}
     assert {(s.depth, s.radix, s.cardinality, s.width) for s in smallest.stages} == {(1, 0, 1, 8)}
+
+
+def test_every_small_space_architecture_has_a_covering_supernet() -> None:
+    space = get_space("resnest")
+    rng = np.random.default_rng(0)
+    specs = [space.sample(rng) for _ in range(200)]
+    assert all(SupernetConfig.covering(spec).violations(spec) == [] for spec in specs)
+    spec = specs[0]
+    supernet = Supernet(SupernetConfig.covering(spec))
+    build_model(spec).load_state_dict(supernet.extract(spec)[1], strict=True)
+
+
+def test_a_saved_supernet_loads_into_a_fresh_one() -> None:
+    """Everything a sub-network inherits lives in the state dict (what a checkpoint will hold);
+    the stored BN statistics' owner does not, so they are recalibrated after loading."""
+    trained = _randomized(seed=0)
+    fresh = Supernet(CONFIG, seed=5)
+    fresh.load_state_dict(trained.state_dict(), strict=True)
+    images = _images(8, 0)
+    for spec in _specs(CONFIG, 2, seed=9):
+        for supernet in (trained, fresh):
+            recalibrate_bn(supernet, spec, CALIBRATION)
+        assert torch.equal(trained(images, spec), fresh(images, spec)), spec.tag
 
 
 def test_bad_inputs_are_user_errors() -> None:
