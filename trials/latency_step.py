@@ -7,14 +7,20 @@ measures on the nodes that run trials, never on the driver. The measurement is w
 trial's run directory (`latency.json`: the figure, its settings and definition, the host and
 process that took it) and reported to the driver before the first epoch.
 
-Noise: concurrent trials on one machine would time each other's measurements. A node-wide lock
-(`flock` on a file in the node's temporary directory, shared by every search on the node) lets
-one measurement run at a time per machine; trials that are training meanwhile keep running, and
-docs/benchmarks.md ("Latency (issue 22)") states how much that inflates the figure here.
+Noise: concurrent trials on one machine would time each other's measurements, and training
+beside a measurement inflates it (docs/benchmarks.md, "Latency (issue 22)", states by how much
+here). So a measurement is a dedicated step on its node: two locks (`flock` on files in the
+node's temporary directory, shared by every latency-measuring search on the node) make it wait
+until no other measurement runs and every training step of such a search in flight has ended,
+and no such step starts until it is done. The training steps hold the "work" lock shared and
+pass the "gate" between steps (`TrainingGate`); a measurement closes the gate, then takes the
+work lock exclusively (`measurement_lock`). Trials of searches that measure no latency, and other
+programs, are not held.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,21 +39,54 @@ from trials.trial_config import TrialConfig
 LOCK_NAME = "resnest-nas-latency.lock"
 
 
-def default_lock_path() -> str:
-    """The node-wide lock file (node-local: the temporary directory, not shared storage)."""
-    return str(Path(tempfile.gettempdir()) / LOCK_NAME)
+def lock_path(config: TrialConfig) -> str:
+    """The node-wide lock file: the config's, else one in this node's temporary directory (never
+    shared storage, so each node serialises its own measurements)."""
+    return config.latency_lock or str(Path(tempfile.gettempdir()) / LOCK_NAME)
+
+
+def _open(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
 
 
 @contextmanager
-def node_lock(path: str) -> Iterator[float]:
-    """Hold the exclusive lock at `path` for the block; yields the seconds waited for it."""
+def measurement_lock(path: str) -> Iterator[float]:
+    """The node to this measurement alone (see the module docstring): the gate closed, then the
+    work lock exclusively; yields the seconds waited for both."""
     started = time.monotonic()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    gate, work = _open(path + ".gate"), _open(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(work, fcntl.LOCK_EX)
         yield time.monotonic() - started
     finally:
-        os.close(fd)  # closing releases the lock
+        os.close(work)  # closing releases a lock
+        os.close(gate)
+
+
+class TrainingGate:
+    """A training trial's side of `measurement_lock`: hold the work lock shared while training,
+    and between steps let a waiting measurement run first (`between_steps`, the trainer's
+    per-step hook). `close()` releases everything (the trial's end)."""
+
+    def __init__(self, path: str) -> None:
+        self.gate, self.work = _open(path + ".gate"), _open(path)
+        self._pass_gate()
+        fcntl.flock(self.work, fcntl.LOCK_SH)
+
+    def _pass_gate(self) -> None:
+        fcntl.flock(self.gate, fcntl.LOCK_SH)  # waits while a measurement holds the gate
+        fcntl.flock(self.gate, fcntl.LOCK_UN)
+
+    def between_steps(self) -> None:
+        fcntl.flock(self.work, fcntl.LOCK_UN)
+        self._pass_gate()
+        fcntl.flock(self.work, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        for fd in (self.work, self.gate):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def trial_latency(config: TrialConfig, device: str, threads: int) -> dict[str, Any] | None:
@@ -63,7 +102,7 @@ def trial_latency(config: TrialConfig, device: str, threads: int) -> dict[str, A
         values["threads"] = threads
     settings = LatencySettings(**{**values, "device": device})
     backend = LatencyBackend(settings)
-    with node_lock(config.latency_lock or default_lock_path()) as waited:
+    with measurement_lock(lock_path(config)) as waited:
         latency_ms = backend.measure_spec(config.spec, config.image_size)
     record = {"latency_ms": latency_ms, "settings": settings.to_dict(),
               "definition": settings.describe(), "host": socket.gethostname(),

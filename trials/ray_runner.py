@@ -31,7 +31,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search_spaces.errors import UserError
-from trials.latency_step import latency_report, trial_latency
+from trials.latency_step import TrainingGate, latency_report, lock_path, trial_latency
 from trials.run_dir import RunDir
 from trials.training import TrainingFailed, load_checkpoint
 from trials.trial import EPOCH_KEYS, Trial
@@ -124,6 +124,10 @@ def run_trial(config: Mapping[str, Any], *, report: Callable[..., None],
     if trial.done:  # restored after its last epoch: repeat the final result so Tune sees one
         report(epoch_report(trial.trainer.curve[-1]))
         return
+    # A latency-measuring search: this trial's steps make way for the node's measurements.
+    gate = TrainingGate(lock_path(trial_config)) if latency is not None else None
+    if gate is not None:
+        trial.trainer.on_step = gate.between_steps
     try:
         for record in trial.run():
             if trial_config.trial_dir:
@@ -134,6 +138,9 @@ def run_trial(config: Mapping[str, Any], *, report: Callable[..., None],
                 report(epoch_report(record), checkpoint=tune.Checkpoint.from_directory(directory))
     except (TrainingFailed, UserError, torch.OutOfMemoryError) as err:
         report(failure_report(err))  # UserError here: e.g. an unreadable image met mid-epoch
+    finally:
+        if gate is not None:
+            gate.close()
 
 
 def run_tuner(param_space: Mapping[str, Any], *, storage_path: str | Path,

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,9 +136,14 @@ def median_ms(fn: Callable[[], Any], warmup: int, runs: int,
 class LatencyBackend:
     """Times modules under one `LatencySettings`; `measure` is the one entry point."""
 
-    def __init__(self, settings: LatencySettings) -> None:
+    def __init__(self, settings: LatencySettings,
+                 quiet: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
+                 ) -> None:
+        """`quiet` (optional) is entered around each warm-up and timed runs only, not around
+        building, exporting or compiling (benchmarks pause other work on the machine there)."""
         check_backend_available(settings)
         self.settings = settings
+        self.quiet = quiet or contextlib.nullcontext
 
     @property
     def name(self) -> str:
@@ -162,7 +168,8 @@ class LatencyBackend:
             with autocast:
                 if s.backend == "compile":
                     fn(x)  # compiles here, never inside the warm-up count or the timed runs
-                return median_ms(lambda: fn(x), s.warmup, s.runs, sync)
+                with self.quiet():
+                    return median_ms(lambda: fn(x), s.warmup, s.runs, sync)
 
     def measure_spec(self, spec: SpecLike, image_size: int) -> float:
         """Milliseconds per forward of the whole network `spec` builds (seeded weights)."""
@@ -174,18 +181,20 @@ class LatencyBackend:
 
     def _measure_onnx(self, module: nn.Module, x: torch.Tensor) -> float:
         ort = importlib.import_module("onnxruntime")
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module.cpu(), (x.cpu(),), buffer, dynamo=False,
-                              input_names=["input"], opset_version=17)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.settings.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         providers = (["CUDAExecutionProvider"] if self.settings.device == "cuda"
                      else ["CPUExecutionProvider"])
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=providers)
+        # A file, not bytes: networks over 2 GiB keep their weights beside it (external data).
+        with tempfile.TemporaryDirectory(prefix="latency-onnx-") as directory:
+            path = str(Path(directory) / "model.onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module.cpu(), (x.cpu(),), path, dynamo=False,
+                                  input_names=["input"], opset_version=17)
+            session = ort.InferenceSession(path, options, providers=providers)
         name = session.get_inputs()[0].name
         if self.settings.device == "cuda":  # input bound on the GPU: no host copy is timed
             on_gpu = x.contiguous().cuda()  # kept alive while the binding points at it
@@ -193,11 +202,13 @@ class LatencyBackend:
             binding.bind_input(name, "cuda", 0, "float32", tuple(on_gpu.shape),
                                on_gpu.data_ptr())
             binding.bind_output(session.get_outputs()[0].name, "cuda")
-            return median_ms(lambda: session.run_with_iobinding(binding), self.settings.warmup,
-                             self.settings.runs)
+            with self.quiet():
+                return median_ms(lambda: session.run_with_iobinding(binding),
+                                 self.settings.warmup, self.settings.runs)
         feed = {name: x.cpu().numpy()}
-        return median_ms(lambda: session.run(None, feed), self.settings.warmup,
-                         self.settings.runs)
+        with self.quiet():
+            return median_ms(lambda: session.run(None, feed), self.settings.warmup,
+                             self.settings.runs)
 
 
 def make_backend(backend: str = "torch", **settings: Any) -> LatencyBackend:
