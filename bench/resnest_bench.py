@@ -47,18 +47,20 @@ DATA, BATCH_SIZE = _SEARCH.get_default("data"), _SEARCH.get_default("batch_size"
 
 
 def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool) -> list[dict[str, Any]]:
-    """Every row the table should hold, in the order they run: the first seed of everything,
-    then the other seeds of the seeded samples, then those of the hand-designed points."""
+    """Every row the table should hold, in the order they run: the hand-designed points and the
+    seeded samples at the first seed, the seeded samples' other seeds, the other samples at the
+    first seed, then the hand-designed points' other seeds."""
     first, *others = seeds
     sampled = [{"tag": f"resnest:{i}", "kind": "sample", "arch": f"resnest:{i}"}
                for i in range(samples)]
     designed = [{"tag": name, "kind": "hand", "arch": spec.to_dict()}
                 for name, spec in hand_designed().items()] if hand else []
-    out = [{**j, "seed": first} for j in designed + sampled]
-    # The seeded samples' other seeds come before the hand-designed points' (the noise and the
-    # seed-to-seed ceiling are measured on uniform samples; the hand points' extra seeds only
-    # narrow their means).
+    # The seeded samples' other seeds come early: the noise and the seed-to-seed ceiling are
+    # measured on them, and every other figure is read against those. The hand-designed points'
+    # other seeds only narrow their means, so they come last.
+    out = [{**j, "seed": first} for j in designed + sampled[:seeded]]
     out += [{**j, "seed": s} for j in sampled[:seeded] for s in others]
+    out += [{**j, "seed": first} for j in sampled[seeded:]]
     out += [{**j, "seed": s} for j in designed for s in others]
     return out
 

@@ -46,10 +46,11 @@ def test_jobs_run_first_seeds_first_and_cover_the_table() -> None:
     jobs = resnest_bench.jobs(200, 30, (0, 1, 2), True)
     keys = [(j["tag"], j["seed"]) for j in jobs]
     assert len(keys) == len(set(keys)) == 200 + 32 + 2 * (30 + 32)
-    seeds = [j["seed"] for j in jobs]
-    assert seeds[:232] == [0] * 232  # every architecture once before any is repeated
-    kinds = [j["kind"] for j in jobs[232:]]  # then the samples' noise before the hand points'
-    assert kinds == ["sample"] * 60 + ["hand"] * 64
+    rows = [(j["kind"], j["seed"] > 0) for j in jobs]  # (kind, a repeat?) in running order
+    assert rows == ([("hand", False)] * 32 + [("sample", False)] * 30  # the seeded ones first,
+                    + [("sample", True)] * 60  # their noise next, then every other sample once,
+                    + [("sample", False)] * 170 + [("hand", True)] * 64)  # hand repeats last
+    assert [j["tag"] for j in jobs[32:62]] == [f"resnest:{i}" for i in range(30)]
     assert {j["tag"] for j in jobs if j["seed"] == 2} == set(HAND) | {
         f"resnest:{i}" for i in range(30)}
 
