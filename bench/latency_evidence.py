@@ -119,17 +119,20 @@ def step_tables(args: argparse.Namespace, pauser: Pauser) -> None:
     """nas.latency profile of the small preset at 16 px per backend: complete tables, constant
     fitted on 10 networks, error on 50 held out."""
     space = get_space("resnest", "small")
+    suffix = f"-sampled-p{args.passes}" if args.only_sampled else ""
     for name in args.backends:
-        out = RAW / f"table-small-16-{name}.json"
+        out = RAW / f"table-small-16-{name}{suffix}.json"
         if out.exists():
             print(f"{out} exists: skipped")
             continue
         started = time.monotonic()
         table = profile(space, "resnest", 16, 10, 1, backend(name, pauser), fit=10,
-                        validate=50, seed=0, only_sampled=args.only_sampled)
+                        validate=50, seed=0, only_sampled=args.only_sampled,
+                        passes=args.passes)
         atomic_write_text(out, table.to_json())
         v = table.validation
         record = {"backend": name, "parts": len(table.parts), "complete": table.complete,
+                  "passes": args.passes,
                   "constant_ms": table.constant_ms, "mape_percent": v["mape_percent"],
                   "spearman": v["spearman"], "validated": len(v["networks"]),
                   "seconds": time.monotonic() - started, "paused_s": pauser.paused_s,
@@ -372,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=["small", "imagenet"])
     p.add_argument("--limit", type=int, default=0, help="networks per set (0: all)")
     p.add_argument("--only-sampled", action="store_true", help="tables: sampled parts only")
+    p.add_argument("--passes", type=int, default=1, help="tables: passes of the profile")
     p.add_argument("--experiments", default="runs/latency-evidence",
                    help="fronts: where the two searches' experiments are")
     p.add_argument("--pause", default=PAUSE, help="processes to pause around timed runs")

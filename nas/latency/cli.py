@@ -18,7 +18,7 @@ from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
 from search_spaces.registry import get_space, list_presets, list_spaces
 
-SMOKE = {"warmup": 1, "runs": 3, "fit": 2, "validate": 3}
+SMOKE = {"warmup": 1, "runs": 3, "fit": 2, "validate": 3, "passes": 1}
 
 
 def build_parser() -> OneLineParser:
@@ -48,6 +48,9 @@ def build_parser() -> OneLineParser:
                    help="whole networks the constant is fitted on (default 10)")
     q.add_argument("--validate", type=int, default=None,
                    help="held-out whole networks the error is reported on (default 50)")
+    q.add_argument("--passes", type=int, default=None,
+                   help="time everything this many times, each pass in a new random order; a "
+                        "part's or network's figure is the median over its passes (default 3)")
     q.add_argument("--seed", type=int, default=0, help="seed of the sampled networks")
     q.add_argument("--only-sampled", action="store_true",
                    help="time only the parts of the sampled networks (a partial table: quick "
@@ -61,11 +64,13 @@ def build_parser() -> OneLineParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     space = get_space(args.space, args.preset)
-    defaults = {"warmup": 5, "runs": 20, "fit": 10, "validate": 50}
+    defaults = {"warmup": 5, "runs": 20, "fit": 10, "validate": 50, "passes": 3}
     if args.smoke:
         defaults = SMOKE
     values = {k: getattr(args, k) if getattr(args, k) is not None else v
               for k, v in defaults.items()}
+    if values["passes"] < 1:
+        raise UserError(f"--passes must be >= 1, got {values['passes']}")
     if values["fit"] < 1 or values["validate"] < 0:
         raise UserError(f"--fit must be >= 1 and --validate >= 0, got {values['fit']} and "
                         f"{values['validate']}")
@@ -83,7 +88,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     backend = LatencyBackend(settings)
     table = profile(space, args.space, args.image_size, num_classes, in_channels, backend,
                     fit=values["fit"], validate=values["validate"], seed=args.seed,
-                    only_sampled=args.only_sampled or args.smoke)
+                    only_sampled=args.only_sampled or args.smoke, passes=values["passes"])
     if not table.fit and not table.validation.get("networks"):
         raise UserError(f"no network of space {args.space} fits {args.image_size} px")
     atomic_write_text(out, table.to_json())

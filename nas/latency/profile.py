@@ -8,7 +8,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -53,9 +53,12 @@ def machine() -> dict[str, str]:
 
 def profile(space: ResNeStSpace, space_name: str, image_size: int, num_classes: int,
             in_channels: int, backend: LatencyBackend, *, fit: int, validate: int, seed: int,
-            only_sampled: bool = False, log: Callable[[str], None] = print) -> LatencyTable:
+            only_sampled: bool = False, passes: int = 1,
+            log: Callable[[str], None] = print) -> LatencyTable:
     """Measure the parts (all the space can produce, or with `only_sampled` those of the sampled
-    networks), `fit` networks for the constant and `validate` held-out networks."""
+    networks), `fit` networks for the constant and `validate` held-out networks. Each is timed
+    in `passes` passes, each pass in a new seeded random order (so a burst of noise on the
+    machine falls on unrelated parts), and its figure is the median over the passes."""
     networks = sample_networks(space, fit + validate, seed, num_classes, in_channels, image_size)
     fit_set, val_set = networks[:fit], networks[fit:]
     if only_sampled:
@@ -63,23 +66,30 @@ def profile(space: ResNeStSpace, space_name: str, image_size: int, num_classes: 
     else:
         wanted = space_parts(space, image_size, num_classes, in_channels)
     log(f"profiling {len(wanted)} parts of space {space_name} (preset {space.preset.name}) at "
-        f"{image_size} px, then {len(fit_set)} + {len(val_set)} whole networks: "
-        f"{backend.settings.describe()}")
-    overhead = backend.measure(nn.Identity(), (in_channels, image_size, image_size))
-    parts: dict[str, float] = {}
+        f"{image_size} px, then {len(fit_set)} + {len(val_set)} whole networks, {passes} "
+        f"pass(es): {backend.settings.describe()}")
+    rng = np.random.default_rng(seed)
+    shape = (in_channels, image_size, image_size)
+    overhead = statistics.median(backend.measure(nn.Identity(), shape) for _ in range(passes))
+    timed: dict[str, list[float]] = {key: [] for key in wanted}
     started = time.monotonic()
-    for index, (key, part) in enumerate(sorted(wanted.items()), start=1):
-        parts[key] = _measure_part(backend, part) - overhead
-        if index % 200 == 0 or index == len(wanted):
-            log(f"  {index}/{len(wanted)} parts, {time.monotonic() - started:.0f} s")
-    sums = {id(s): sum(parts[p.key] for p in parts_of(s, image_size)) for s in networks}
-    fitted = [_network(backend, s, image_size, sums[id(s)]) for s in fit_set]
+    for done, key in enumerate(_passes(sorted(wanted), passes, rng), start=1):
+        timed[key].append(_measure_part(backend, wanted[key]))
+        if done % 500 == 0 or done == passes * len(wanted):
+            log(f"  {done}/{passes * len(wanted)} part timings, {time.monotonic() - started:.0f} s")
+    parts = {key: statistics.median(values) - overhead for key, values in timed.items()}
+    whole: dict[int, list[float]] = {i: [] for i in range(len(networks))}
+    for i in _passes(list(range(len(networks))), passes, rng):
+        whole[i].append(backend.measure_spec(networks[i], image_size))
+    rows = [{"spec": s.to_json(), "tag": s.tag,
+             "parts_ms": sum(parts[p.key] for p in parts_of(s, image_size)),
+             "measured_ms": statistics.median(whole[i])} for i, s in enumerate(networks)]
+    fitted, held = rows[:fit], rows[fit:]
     constant = statistics.median(r["measured_ms"] - r["parts_ms"] for r in fitted) if fitted \
         else 0.0
-    held = [_network(backend, s, image_size, sums[id(s)]) for s in val_set]
     for r in held:
         r["predicted_ms"] = constant + r["parts_ms"]
-    validation = {"networks": held}
+    validation: dict[str, object] = {"networks": held, "passes": passes}
     if len(held) >= 2:
         measured = [r["measured_ms"] for r in held]
         predicted = [r["predicted_ms"] for r in held]
@@ -93,11 +103,14 @@ def profile(space: ResNeStSpace, space_name: str, image_size: int, num_classes: 
     )
 
 
+def _passes(items: list, passes: int, rng: np.random.Generator) -> Iterator:
+    """Every item `passes` times: pass after pass, each in a new random order."""
+    for _ in range(passes):
+        for index in rng.permutation(len(items)):
+            yield items[int(index)]
+
+
 def _measure_part(backend: LatencyBackend, part: Part) -> float:
     return backend.measure(part.build(), part.input_shape)
 
 
-def _network(backend: LatencyBackend, spec: ArchSpec, image_size: int,
-             parts_ms: float) -> dict[str, object]:
-    return {"spec": spec.to_json(), "tag": spec.tag, "parts_ms": parts_ms,
-            "measured_ms": backend.measure_spec(spec, image_size)}

@@ -2,7 +2,8 @@
 one backend's settings, and the prediction of a whole network from it.
 
 prediction(spec) = constant_ms + sum of the table's entries for the spec's parts (stem, every
-block, head; repeats counted each time). Each entry is the part's own measured latency minus
+block, head; repeats counted each time). Each entry is the part's own measured latency (the
+median over the profile's passes of the figure `nas.models.latency` defines) minus
 `overhead_ms`, the same backend's latency of an empty module at the stem's input (the fixed cost
 of one call that a whole network pays once, not once per part); `constant_ms` is fitted on
 networks kept apart from the validation set (the median of measured minus summed parts).

@@ -19,6 +19,7 @@ one block, head: `nas.latency`) are timed by the same code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import statistics
 import tempfile
@@ -120,16 +121,23 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def median_ms(fn: Callable[[], Any], warmup: int, runs: int,
               sync: Callable[[], None] = lambda: None) -> float:
-    """The figure: median wall milliseconds of `runs` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
+    """The figure: median wall milliseconds of `runs` calls after `warmup` untimed ones (Python's
+    garbage collector held off meanwhile, so no run times a collection)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(warmup):
+            fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return 1e3 * statistics.median(times)
 
 
