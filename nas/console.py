@@ -6,6 +6,7 @@
     resnest-nas train ...    python -m trials.train ...
     resnest-nas costs ...    python -m nas.costs ...
     resnest-nas latency ...  python -m nas.latency ...
+    resnest-nas supernet ... python -m nas.supernet.train ...
 
 A command's module is imported only when it runs (by name, the way `nas/__init__` resolves its
 exports), so `resnest-nas pareto` never pays for starting Ray and every command keeps its own
@@ -28,6 +29,7 @@ COMMANDS = {
     "train": ("trials.train", "train (or fine-tune) one architecture standalone"),
     "costs": ("nas.costs", "parameters, MACs, peak memory and latency of one architecture"),
     "latency": ("nas.latency.cli", "latency tables of a search space on this device (profile)"),
+    "supernet": ("nas.supernet.train", "train a supernet for one-shot search (Ray Train)"),
 }
 
 

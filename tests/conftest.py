@@ -234,6 +234,7 @@ SLOW_TESTS = frozenset({
     "test_search_evidence.py::test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run",
     "test_search_evidence.py::test_a_run_the_controller_ends_before_the_budget_writes_no_result",
     "test_train_cli.py::test_export_of_an_unfinished_run_needs_allow_partial",
+    "test_supernet_search.py::test_one_ray_train_worker_trains_what_the_process_trains",
 })
 
 

@@ -37,7 +37,7 @@ def _help(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_commands_are_the_python_m_forms() -> None:
     assert MODULES == {"search": "nas.search.cli", "pareto": "analysis.pareto",
                        "export": "nas.export.cli", "train": "trials.train", "costs": "nas.costs",
-                       "latency": "nas.latency.cli"}
+                       "latency": "nas.latency.cli", "supernet": "nas.supernet.train"}
 
 
 @pytest.mark.parametrize("name", list(MODULES))

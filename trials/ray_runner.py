@@ -12,6 +12,13 @@ Section "search driver": `connect` (local Ray or a cluster address) and `run_sea
 and a Scheduler (the pruner's verdict at every epoch report), with actor reuse to keep per-trial
 overhead small. Optuna is driven by the controller, not by Ray's `OptunaSearch`, which cannot
 prune multi-objective studies and tells Optuna COMPLETE for trials a scheduler stopped.
+
+Section "data-parallel training": `run_data_parallel` runs a training loop (the supernet's,
+`nas.supernet.trainer.train_loop`, passed in: this layer imports nothing above it) on N workers
+through Ray Train's `TorchTrainer` (one CPU worker on a laptop, N GPU workers on a cluster), which
+sets up `torch.distributed` (gloo on CPU, NCCL on GPU) before the loop runs. The loop keeps its
+own checkpoint directory and reports metrics only: Ray Train's checkpoints would duplicate it, and
+a worker group Ray restarts after a failure (`max_failures`) continues from that directory.
 """
 
 from __future__ import annotations
@@ -370,3 +377,53 @@ def run_search(
         ),
     )
     tuner.fit()
+
+
+# --- data-parallel training --------------------------------------------------------------------
+# A loop is `loop(args, rank, world_size, device, report)`: it trains on this worker's share and
+# calls `report(metrics)` once per epoch on every rank (Ray Train's report is collective).
+# Ray Train is imported by the two functions that use it: importing `ray.train.torch` takes about
+# 3 s, which every search driver and trial worker (they import this module) would pay otherwise.
+
+DataParallelLoop = Callable[..., None]
+
+
+def _data_parallel_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: the loop with this worker's rank, group size and
+    device (the GPU Ray Train assigned, else the CPU), its threads set to its CPUs."""
+    from ray import train
+    from ray.train.torch import get_device
+
+    context = train.get_context()
+    threads, _ = assigned_resources()
+    torch.set_num_threads(threads)
+    device = get_device()
+    config["loop"](config["args"], context.get_world_rank(), context.get_world_size(),
+                   str(device), lambda metrics: train.report(dict(metrics)))
+
+
+def run_data_parallel(loop: DataParallelLoop, args: Mapping[str, Any], *, storage_path: Path,
+                      num_workers: int = 1, use_gpu: bool = False, cpus_per_worker: float = 1,
+                      max_failures: int = 0, name: str = "train") -> dict[str, Any]:
+    """Run `loop` on `num_workers` Ray Train workers (Ray must be initialised: `connect`); the
+    last epoch's metrics of rank 0. A loop that raises ends the run with a UserError naming the
+    worker's error."""
+    from ray import train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _data_parallel_worker,
+        train_loop_config={"loop": loop, "args": dict(args)},
+        scaling_config=train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=train.RunConfig(
+            name=name, storage_path=str(Path(storage_path).resolve()),
+            failure_config=train.FailureConfig(max_failures=max_failures)),
+    )
+    try:
+        result = trainer.fit()
+    except train.TrainingFailedError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise UserError(f"data-parallel training failed: {lines[-1] if lines else err}") from None
+    return dict(result.metrics or {})
