@@ -33,8 +33,9 @@ if TYPE_CHECKING:  # Optuna is imported where a study is opened: trials.csv read
 STATES = ("COMPLETE", "PRUNED", "FAIL", "INFEASIBLE", "RUNNING")
 # Static costs a record may carry; all are "lower is better".
 COST_KEYS = ("params", "macs", "latency_ms", "peak_memory_bytes")
+ESTIMATORS = ("train", "supernet")  # how a trial's accuracy was obtained
 CSV_COLUMNS = (
-    "trial_id", "number", "state", "reason", "tag", "spec_hash", "spec",
+    "trial_id", "number", "state", "reason", "estimator", "tag", "spec_hash", "spec",
     *COST_KEYS, "accuracy", "best_accuracy", "epochs", "seconds", "checkpoint", "curve",
 )
 
@@ -45,7 +46,10 @@ class TrialRecord:
 
     `curve` holds one dict per finished epoch (`epoch`, `train_loss`, `val_top1`, ...); accuracy is
     the last epoch's validation top-1 in [0, 1]. `checkpoint` is the path of the final weights
-    (a `checkpoint.pt` written by `trials.training`), when the trial trained.
+    (a `checkpoint.pt` written by `trials.training`), when the trial trained. `estimator` says
+    how the accuracy was obtained: `train` (the trial trained itself, per-candidate) or `supernet`
+    (inherited weights of a supernet after BN recalibration: one curve entry at epoch 0; its
+    checkpoint holds the inherited weights).
     """
 
     trial_id: str
@@ -57,10 +61,13 @@ class TrialRecord:
     reason: str = ""
     seconds: float = 0.0
     checkpoint: str | None = None
+    estimator: str = "train"
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {self.state!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         object.__setattr__(self, "curve", tuple(self.curve))
 
     @property
@@ -83,6 +90,7 @@ class TrialRecord:
             "number": self.number,
             "state": self.state,
             "reason": self.reason,
+            "estimator": self.estimator,
             "tag": self.spec.tag,
             "spec_hash": self.spec.spec_hash,
             "spec": self.spec.to_json(),
@@ -110,6 +118,7 @@ class TrialRecord:
         if not isinstance(checkpoint, str) or not checkpoint:
             checkpoint = None
         reason = row.get("reason")
+        estimator = row.get("estimator")  # trials.csv files from before the column: trained
         return cls(
             trial_id=str(row["trial_id"]),
             number=int(row["number"]),
@@ -120,6 +129,7 @@ class TrialRecord:
             reason=reason if isinstance(reason, str) else "",
             seconds=number_or_none(row.get("seconds")) or 0.0,
             checkpoint=checkpoint,
+            estimator=estimator if isinstance(estimator, str) and estimator else "train",
         )
 
 
@@ -159,6 +169,12 @@ class ExperimentDir:
         """Ray Tune's own experiment folder."""
         return self.path / "ray"
 
+    @property
+    def supernet(self) -> Path:
+        """The supernet a `--estimator supernet` search trains (`nas.supernet.trainer`'s
+        checkpoint directory), unless `--supernet DIR` names one."""
+        return self.path / "supernet"
+
     def trial(self, trial_id: str) -> RunDir:
         """A trial's run directory (spec, checkpoint, metrics)."""
         return RunDir(self.path / "trials" / trial_id)
@@ -191,6 +207,14 @@ class ExperimentConfig:
     # How latency is taken when an objective or constraint needs it (empty otherwise): measured
     # on each trial's worker, or predicted from a latency table; the settings and definition.
     latency: dict[str, Any] = field(default_factory=dict)
+    # How candidates are scored: `train` (each trains, per-candidate) or `supernet` (inherited
+    # weights); `supernet` holds the supernet's directory (`dir`, None: the experiment's own) and
+    # the training settings of one the search trains; `finetune` trials of the estimated front
+    # are then trained per candidate, from the inherited weights or from scratch.
+    estimator: str = "train"
+    supernet: dict[str, Any] = field(default_factory=dict)
+    finetune: int = 0
+    finetune_from: str = "inherited"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -26,6 +26,7 @@ import optuna
 import torch
 
 from nas.experiment import (
+    ESTIMATORS,
     ExperimentConfig,
     ExperimentDir,
     TrialRecord,
@@ -41,11 +42,14 @@ from nas.latency.parts import space_parts
 from nas.latency.table import LatencyTable, file_digest, load_table
 from nas.models.costs import static_costs
 from nas.models.latency import BACKENDS, PRECISIONS, LatencySettings, check_backend_available
+from nas.search import estimator as supernet_estimator
 from nas.search.anchor import cheapest_corner, corner_specs
 from nas.search.controller import CONSTRAINT_COLUMNS, SearchController, adapt_to_task
 from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
 from nas.search.recovery import check_same_experiment
 from nas.search.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from nas.supernet.train import train_supernet
+from nas.supernet.trainer import resume_check
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
@@ -145,6 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training batch of each trial")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default: sgd 0.1, adamw 0.002)")
+    p.add_argument("--estimator", default="train",
+                   help=f"how candidates are scored: {', '.join(ESTIMATORS)} (train: each trains; "
+                        "supernet: inherited weights of one supernet after BN recalibration)")
+    p.add_argument("--supernet", default=None, metavar="DIR",
+                   help="with --estimator supernet: reuse this trained supernet (python -m "
+                        "nas.supernet.train) (default: train one into OUT/NAME/supernet)")
+    p.add_argument("--supernet-epochs", type=int, default=None,
+                   help="with --estimator supernet: epochs of the supernet the search trains "
+                        f"(default {supernet_estimator.SUPERNET_EPOCHS}; --smoke "
+                        f"{supernet_estimator.SMOKE_SUPERNET['epochs']} of 3 batches)")
+    p.add_argument("--finetune", type=int, default=None, metavar="K",
+                   help="with --estimator supernet: then train the estimated front's best K per "
+                        "candidate and report the front on those (default 0; may change on "
+                        "--resume)")
+    p.add_argument("--finetune-from", default=None,
+                   help="inherited (start from the supernet's weights) or scratch (default "
+                        "inherited)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny budget for tests and a first look (same code path)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
@@ -195,18 +216,55 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
     train = {"batch_size": args.batch_size}
     if args.lr is not None:
         train["lr"] = args.lr
+    supernet, finetune, finetune_from = estimator_config(args, space.preset.name)
     config = ExperimentConfig(
         name=args.name, space=args.space, preset=space.preset.name, data=data,
         image_size=args.image_size or fallback.get("image_size", 0), objectives=tuple(
             o.name for o in objectives), epochs=epochs, trials=trials, time_budget_s=budget,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, storage=args.storage,
         constraints=constraints, seed_points=seed_points, anchor=args.anchor, train=train,
-        train_fraction=fraction, latency=latency,
+        train_fraction=fraction, latency=latency, estimator=args.estimator,
+        supernet=supernet, finetune=finetune, finetune_from=finetune_from,
     )
     runtime = {"cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
                "concurrency": args.concurrency, "address": args.address,
                "max_failures": args.max_failures, "verbose": args.verbose}
     return config, runtime
+
+
+def estimator_config(args: argparse.Namespace,
+                     preset: str) -> tuple[dict[str, Any], int, str]:
+    """experiment.json's `supernet`, `finetune` and `finetune_from`, checked before anything is
+    written (a --supernet DIR is checked against the search once its data is described)."""
+    if args.estimator not in ESTIMATORS:
+        raise UserError(f"unknown estimator {args.estimator!r}; valid estimators: "
+                        f"{', '.join(ESTIMATORS)}")
+    flags = (("--supernet", args.supernet), ("--supernet-epochs", args.supernet_epochs),
+             ("--finetune", args.finetune), ("--finetune-from", args.finetune_from))
+    if args.estimator == "train":
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            raise UserError(f"{given[0]} applies only with --estimator supernet")
+        return {}, 0, "inherited"
+    if preset != supernet_estimator.SUPPORTED_PRESET:
+        raise UserError(f"--estimator supernet: the supernet covers the "
+                        f"{supernet_estimator.SUPPORTED_PRESET} preset only, not {preset}")
+    if args.supernet is not None and args.supernet_epochs is not None:
+        raise UserError("--supernet-epochs sets the supernet the search trains; --supernet DIR "
+                        "reuses a trained one: give one of them")
+    _positive("--supernet-epochs", args.supernet_epochs)
+    if args.finetune is not None and args.finetune < 0:
+        raise UserError(f"--finetune must be >= 0, got {args.finetune}")
+    finetune_from = args.finetune_from or "inherited"
+    if finetune_from not in ("inherited", "scratch"):
+        raise UserError(f"--finetune-from must be inherited or scratch, got {finetune_from!r}")
+    smoke = dict(supernet_estimator.SMOKE_SUPERNET) if args.smoke else {}
+    epochs = args.supernet_epochs or smoke.pop("epochs", supernet_estimator.SUPERNET_EPOCHS)
+    smoke.pop("epochs", None)
+    supernet: dict[str, Any] = {
+        "dir": str(Path(args.supernet).resolve()) if args.supernet is not None else None,
+        "train": {"epochs": epochs, "seed": args.seed, **smoke}}
+    return supernet, args.finetune or 0, finetune_from
 
 
 LATENCY_FLAGS = (("--latency-backend", "latency_backend", "backend"),
@@ -418,6 +476,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 trials=args.trials if args.trials is not None else stored.trials,
                 time_budget_s=parse_duration(args.time_budget) if args.time_budget
                 else stored.time_budget_s,
+                finetune=args.finetune if args.finetune is not None else stored.finetune,
             )
             _note(held.enter_context(driver_lock(exp)))
         try:
@@ -442,6 +501,12 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
         )
     objectives = parse_objectives(list(config.objectives))
     costs = cost_function(config, experiment_table(config, space))
+    if config.estimator == "supernet":  # the sampler proposes what the supernet covers
+        covered = supernet_estimator.supernet_config_of(config)  # --supernet DIR checked here
+        supernet_estimator.check_covered(
+            {n: adapt_to_task(named_point(n), config, space.preset.input_regime)
+             for n in config.seed_points}, covered)
+        space = supernet_estimator.covered_space(covered)
     check_satisfiable(space, config, costs)
     if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
         check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
@@ -459,7 +524,7 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
         if controller.rebuilt:
             print(f"note: rebuilt {controller.rebuilt} row(s) of {ExperimentDir(exp).trials_csv} "
                   f"from the study {study_location(exp, config.storage)}", file=sys.stderr)
-        if not controller.budget_left():
+        if not controller.budget_left() and config.estimator == "train":
             print(f"nothing left to run: {exp} has started {controller.launched} of "
                   f"{config.trials} architectures and none waits to run again; pass a larger "
                   "--trials to search further")
@@ -482,6 +547,8 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
           f"pruner {config.pruner}, {concurrency} at once -> {exp}", flush=True)
     if config.latency:
         print(f"latency: {config.latency['definition']}", flush=True)
+    if config.estimator == "supernet":
+        return _estimate(config, exp, controller, objectives, runtime, concurrency, args)
     try:
         ray_runner.run_search(
             controller, storage_path=exp, cpus_per_trial=runtime["cpus_per_trial"],
@@ -497,6 +564,59 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
     if controller.failure:
         raise SearchStopped(controller.failure)
     print_front(controller, objectives)
+    return 0
+
+
+def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
+              objectives: tuple[Objective, ...], runtime: dict[str, Any], concurrency: int,
+              args: argparse.Namespace) -> int:
+    """The supernet estimator's phases: the supernet (trained on a Ray Train worker unless
+    --supernet names one; a resumed search continues it), the proposals scored with inherited
+    weights on the driver, then --finetune K trained per candidate on Ray Tune."""
+    directory = supernet_estimator.supernet_dir(config, exp)
+    moved = supernet_estimator.split_reruns(controller)
+    if not config.supernet.get("dir"):
+        job = supernet_estimator.supernet_job(config)
+        manifest = resume_check(directory, job)
+        if manifest is None or not manifest.complete:
+            print(f"training the supernet: {job.train.epochs} epochs on a Ray Train worker -> "
+                  f"{directory}", flush=True)
+            directory.mkdir(parents=True, exist_ok=True)
+            train_supernet(job, directory, workers=1, use_gpu=runtime["gpus_per_trial"] > 0,
+                           cpus_per_worker=max(1.0, runtime["cpus_per_trial"]),
+                           address=runtime["address"], max_failures=runtime["max_failures"],
+                           verbose=runtime["verbose"])
+    print(f"scoring proposals with the supernet's inherited weights ({directory})", flush=True)
+    scorer = supernet_estimator.SupernetScorer(directory)
+    try:
+        supernet_estimator.run_estimated(controller, scorer)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python -m nas.search --out {args.out} "
+              f"--name {config.name} --resume", file=sys.stderr)
+        return 130
+    if controller.failure:
+        raise SearchStopped(controller.failure)
+    if not config.finetune:
+        print_front(controller, objectives)
+        return 0
+    print_front(controller, objectives, "supernet")
+    if supernet_estimator.prepare_finetune(controller, config, exp, moved):
+        print(f"fine-tuning the estimated front's best {config.finetune} "
+              f"({config.finetune_from}), {config.epochs} epochs each", flush=True)
+        try:
+            ray_runner.run_search(
+                controller, storage_path=exp, cpus_per_trial=runtime["cpus_per_trial"],
+                gpus_per_trial=runtime["gpus_per_trial"], concurrency=concurrency,
+                max_failures=runtime["max_failures"], time_budget_s=config.time_budget_s,
+                verbose=runtime["verbose"])
+        except KeyboardInterrupt:
+            print(f"interrupted; continue with: python -m nas.search --out {args.out} "
+                  f"--name {config.name} --resume", file=sys.stderr)
+            return 130
+        controller.close_live("stopped at the end of the fine-tuning")
+        if controller.failure:
+            raise SearchStopped(controller.failure)
+    print_front(controller, objectives, "train")
     return 0
 
 
@@ -563,6 +683,11 @@ FIXED_ON_RESUME: tuple[tuple[str, str, Setting, str], ...] = (
     ("--anchor/--no-anchor", "anchor", lambda c: c.anchor, ""),
     ("--batch-size", "batch_size", lambda c: c.train.get("batch_size"), ""),
     ("--lr", "lr", lambda c: c.train.get("lr"), ""),
+    ("--estimator", "estimator", lambda c: c.estimator, ""),
+    ("--supernet", "supernet", lambda c: c.supernet.get("dir") or "(its own)", ""),
+    ("--supernet-epochs", "supernet_epochs",
+     lambda c: c.supernet.get("train", {}).get("epochs"), ""),
+    ("--finetune-from", "finetune_from", lambda c: c.finetune_from, ""),
     ("--smoke", "smoke", lambda c: f"epochs {c.epochs}", "epochs"),
     ("--smoke", "smoke", lambda c: f"image size {c.image_size}", "image_size"),
 )
@@ -666,9 +791,14 @@ def read_records(exp: Path) -> list[TrialRecord]:
                         "repair that line") from None
 
 
-def print_front(controller: Any, objectives: tuple[Objective, ...]) -> None:
-    front = controller.front()
-    print(f"\nPareto front ({len(front)} of {len(controller.records)} trials; "
+def print_front(controller: Any, objectives: tuple[Objective, ...],
+                estimator: str | None = None) -> None:
+    """The front (with `estimator`, of the trials scored that way: a supernet search's estimated
+    front, or the front of its fine-tuned trials)."""
+    front = controller.front(estimator)
+    which = {None: "Pareto front", "supernet": "Estimated Pareto front (supernet, inherited "
+             "weights)", "train": "Pareto front of the fine-tuned trials"}[estimator]
+    print(f"\n{which} ({len(front)} of {len(controller.records)} trials; "
           f"{controller.status_line()}):")
     print(f"{'trial':<7} {'tag':<40} {'accuracy':>9} {'MMACs':>9} {'params':>9} {'epochs':>6}")
     for r in front:

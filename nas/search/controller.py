@@ -39,6 +39,7 @@ from nas.search.objectives import Objective
 from nas.search.pareto import pareto_mask
 from nas.search.pruner import INTERMEDIATE_ATTR
 from nas.search.recovery import (
+    ESTIMATOR_ATTR,
     INTERRUPTED,
     INVALID,
     REASON_ATTR,
@@ -99,6 +100,9 @@ class SearchController:
         self.pruned: dict[str, str] = {}
         self.infeasible: dict[str, str] = {}  # broke a constraint on its worker: why
         self._latency_on_worker = config.latency.get("source") == "worker"
+        # How new trials are scored (`nas.experiment.ESTIMATORS`): a supernet search's
+        # fine-tuning phase trains its trials (`nas.search.estimator`).
+        self.estimator = config.estimator
         self.started = time.monotonic()
         self._status_at = self.started  # when status_of_running last gave a line
         self.stopped = False
@@ -159,6 +163,8 @@ class SearchController:
             trial_id = trial_id_of(trial.number)
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("tag", spec.tag)
+            trial.set_user_attr(ESTIMATOR_ATTR, self.estimator)
+            how = {"estimator": self.estimator}
             try:
                 costs = self.cost_fn(spec)
             except UserError as err:  # the builder refuses a point the space proposed
@@ -166,7 +172,7 @@ class SearchController:
                 trial.set_user_attr(REASON_ATTR, reason)
                 self.study.tell(trial, state=TrialState.FAIL)
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec,
-                                         reason=reason))
+                                         reason=reason, **how))
                 continue
             violations = self._violations(costs)
             for key, value in costs.items():
@@ -181,10 +187,10 @@ class SearchController:
                 trial.set_user_attr(REASON_ATTR, reason)
                 self.study.tell(trial, self._values(0.0, costs))
                 self._record(TrialRecord(trial_id, trial.number, "INFEASIBLE", spec, costs,
-                                         reason=reason))
+                                         reason=reason, **how))
                 continue
             self.live[trial_id] = trial
-            self._record(TrialRecord(trial_id, trial.number, "RUNNING", spec, costs))
+            self._record(TrialRecord(trial_id, trial.number, "RUNNING", spec, costs, **how))
             return trial_id, self.trial_config_fn(trial_id, spec, costs, resume_from)
         self.log(
             f"stopping: {MAX_INFEASIBLE_IN_A_ROW} proposals in a row violated the constraints"
@@ -301,8 +307,9 @@ class SearchController:
             state, reason = "FAIL", str(failure)
         elif trial_id in self.infeasible:  # measured on its worker, never trained
             state, reason = "INFEASIBLE", self.infeasible.pop(trial_id)
-        elif record.epochs >= self.config.epochs:
-            state, reason = "COMPLETE", ""
+        elif record.epochs >= self.config.epochs or (record.estimator != "train"
+                                                     and record.curve):
+            state, reason = "COMPLETE", ""  # trained to the end, or estimated
         elif self.failure is not None and trial_id not in self.pruned:  # cut short, not pruned
             state, reason = "FAIL", f"{INTERRUPTED}: the study stopped accepting writes"
         else:
@@ -369,14 +376,18 @@ class SearchController:
         checkpoint = ExperimentDir(self.exp).trial(trial_id).checkpoint
         return str(checkpoint) if checkpoint.exists() else None
 
-    def front(self) -> list[TrialRecord]:
-        """Completed trials on the Pareto front of the experiment's objectives."""
+    def front(self, estimator: str | None = None) -> list[TrialRecord]:
+        """Completed trials on the Pareto front of the experiment's objectives (with
+        `estimator`, of the trials scored that way only)."""
+        if estimator is not None:
+            return self._compute_front(estimator)
         if self._front is None:
             self._front = self._compute_front()
         return list(self._front)
 
-    def _compute_front(self) -> list[TrialRecord]:
-        done = [r for r in self.records.values() if r.state == "COMPLETE"]
+    def _compute_front(self, estimator: str | None = None) -> list[TrialRecord]:
+        done = [r for r in self.records.values() if r.state == "COMPLETE"
+                and estimator in (None, r.estimator)]
         if not done:
             return []
         values = np.array([self._values(r.accuracy, r.costs) for r in done], dtype=float)

@@ -31,6 +31,7 @@ from trials.trial import EPOCH_KEYS
 # User attributes the controller sets on a trial before it tells the study how the trial ended.
 REASON_ATTR = "reason"
 SECONDS_ATTR = "seconds"
+ESTIMATOR_ATTR = "estimator"  # how the accuracy was obtained (`nas.experiment.ESTIMATORS`)
 # Reasons of records the search wrote itself; an interrupted trial is not a finished one.
 INTERRUPTED = "interrupted (driver stopped)"
 REQUEUED = f"{INTERRUPTED}; re-queued on resume"
@@ -158,6 +159,7 @@ def record_from_trial(exp: Path, trial: FrozenTrial) -> TrialRecord | None:
         curve=() if state == "INFEASIBLE" else _curve(run.metrics, _reported(trial)),
         reason=reason, seconds=float(attrs.get(SECONDS_ATTR) or 0.0),
         checkpoint=str(run.checkpoint) if run.checkpoint.is_file() else None,
+        estimator=str(attrs.get(ESTIMATOR_ATTR) or "train"),
     )
 
 
