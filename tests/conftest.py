@@ -235,6 +235,8 @@ SLOW_TESTS = frozenset({
     "test_search_evidence.py::test_a_run_the_controller_ends_before_the_budget_writes_no_result",
     "test_train_cli.py::test_export_of_an_unfinished_run_needs_allow_partial",
     "test_supernet_search.py::test_one_ray_train_worker_trains_what_the_process_trains",
+    "test_supernet_search.py::test_a_supernet_search_estimates_fine_tunes_and_exports",
+    "test_supernet_search.py::test_a_killed_supernet_search_resumes",
 })
 
 

@@ -192,3 +192,181 @@ def test_one_ray_train_worker_trains_what_the_process_trains(tmp_path: Path) -> 
     assert "on 1 Ray Train worker(s)" in proc.stdout and "epoch 2/2" in proc.stdout
     assert _same(_state(local)["supernet"], _state(ray)["supernet"])
     assert _without_time(read_manifest(local).curve) == _without_time(read_manifest(ray).curve)
+
+
+# The search's supernet estimator ---------------------------------------------------------------
+def search(out: Path, name: str, *args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nas.search", "--smoke", "--data", "digits", "--time-budget", "15m",
+         "--out", str(out), "--name", name, "--estimator", "supernet", *args],
+        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def digits_supernet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A supernet trained in-process for the smoke search on digits (8 px, all of train)."""
+    out = tmp_path_factory.mktemp("supernet") / "sn"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        job = SupernetJob(SupernetTarget("resnest", "small", "digits", 8, 1.0), SupernetConfig(),
+                          SupernetTrainConfig(epochs=2, batch_size=16, max_batches=3,
+                                              calib_batches=2))
+        train_loop({"job": job.to_dict(), "out": str(out)})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="module")
+def unfinished_supernet(tmp_path_factory: pytest.TempPathFactory, digits_supernet: Path) -> Path:
+    """`digits_supernet`'s job stopped after its first epoch."""
+    out = tmp_path_factory.mktemp("supernet") / "unfinished"
+    job = read_manifest(digits_supernet).job
+    train_loop({"job": job.to_dict(), "out": str(out), "stop_after": 1})
+    return out
+
+
+def test_a_supernet_search_estimates_fine_tunes_and_exports(tmp_path: Path,
+                                                            digits_supernet: Path) -> None:
+    from nas.experiment import read_trials_csv
+
+    first = search(tmp_path, "e", "--supernet", str(digits_supernet), "--trials", "5",
+                   "--finetune", "99")
+    assert first.returncode == 2, first.stderr[-3000:]
+    lines = [ln for ln in first.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "--finetune 99 is larger than the estimated front" in lines[0]
+    exp = tmp_path / "e"
+    estimated = read_trials_csv(exp)
+    assert len(estimated) == 5 and {r.estimator for r in estimated} == {"supernet"}
+    assert all(r.state == "COMPLETE" and r.epochs == 0 and 0 < r.accuracy <= 1
+               for r in estimated)
+    header = (exp / "trials.csv").read_text().splitlines()[0].split(",")
+    assert "estimator" in header
+    assert json.loads((exp / "experiment.json").read_text())["estimator"] == "supernet"
+    # The estimated trials' checkpoints hold the inherited weights: they export.
+    best = max(estimated, key=lambda r: r.accuracy)
+    export = subprocess.run([sys.executable, "-m", "nas.export", str(exp), "--trial",
+                             best.trial_id, "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    meta = json.loads(next((tmp_path / "x").glob("*.json")).read_text())
+    assert meta["trial"]["trial_id"] == best.trial_id
+    # --finetune may change on resume: the best estimated trial trains per candidate.
+    second = search(tmp_path, "e", "--resume", "--finetune", "1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    records = read_trials_csv(exp)
+    tuned = [r for r in records if r.estimator == "train"]
+    assert len(tuned) == 1 and tuned[0].state == "COMPLETE" and tuned[0].epochs == 2
+    assert tuned[0].spec == best.spec
+    assert "Pareto front of the fine-tuned trials (1 of 6" in second.stdout
+    assert [r for r in records if r.estimator == "supernet"] == estimated  # kept as they were
+
+
+def test_old_trials_csv_without_the_estimator_column_loads(tmp_path: Path) -> None:
+    from nas.experiment import read_trials_csv
+
+    rows = ["trial_id,number,state,reason,tag,spec_hash,spec,params,macs,latency_ms,"
+            "peak_memory_bytes,accuracy,best_accuracy,epochs,seconds,checkpoint,curve"]
+    from search_spaces import named_point
+
+    spec = named_point("resnest14d")
+    line = ["t0000", "0", "COMPLETE", "", spec.tag, spec.spec_hash,
+            '"' + spec.to_json().replace('"', '""') + '"', "1", "2", "", "", "0.5", "0.5", "1",
+            "1.0", "", '"[{""epoch"": 1, ""val_top1"": 0.5}]"']
+    (tmp_path / "trials.csv").write_text("\n".join([rows[0], ",".join(line)]) + "\n")
+    (record,) = read_trials_csv(tmp_path)
+    assert record.estimator == "train" and record.accuracy == 0.5
+
+
+BAD_SEARCH = [
+    (["--supernet", "{missing}"], "is not a directory"),
+    (["--supernet", "{empty}"], "is not a supernet checkpoint"),
+    (["--supernet", "{supernet}", "--image-size", "16"],
+     "was trained for another search: image_size 16 (the supernet's: 8)"),
+    (["--supernet", "{supernet}", "--train-fraction", "0.5"],
+     "train_fraction 0.5 (the supernet's: 1.0)"),
+    (["--supernet", "{supernet}", "--data", "fashion-mnist-subset", "--train-fraction", "1"],
+     "data 'fashion-mnist-subset' (the supernet's: 'digits')"),
+    (["--supernet", "{unfinished}"], "holds 1 of its 2 epochs"),
+    (["--supernet", "{supernet}", "--seed-points", "resnest14d"],
+     "--seed-points resnest14d is outside the supernet: stem_width=32"),
+    (["--preset", "imagenet"], "covers the small preset only"),
+    (["--supernet", "{supernet}", "--supernet-epochs", "3"], "give one of them"),
+    (["--finetune", "-1"], "--finetune must be >= 0"),
+    (["--finetune-from", "nowhere"], "--finetune-from must be inherited or scratch"),
+    (["--supernet-epochs", "0"], "--supernet-epochs must be positive"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_SEARCH)
+def test_bad_supernet_search_inputs_are_refused_in_one_line_and_write_nothing(
+        tmp_path: Path, digits_supernet: Path, unfinished_supernet: Path,
+        capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    from nas.search.cli import main as search_main
+
+    (tmp_path / "empty").mkdir()
+    unfinished = unfinished_supernet
+    paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty",
+             "supernet": digits_supernet, "unfinished": unfinished}
+    argv = [a.format(**paths) for a in argv]
+    out = tmp_path / "out"
+    try:
+        code = search_main(["--smoke", "--data", "digits", "--estimator", "supernet", "--out",
+                            str(out), *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", [["--supernet", "x"], ["--supernet-epochs", "2"],
+                                  ["--finetune", "1"], ["--finetune-from", "scratch"]])
+def test_supernet_flags_need_the_supernet_estimator(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    flag: list[str]) -> None:
+    from nas.search.cli import main as search_main
+
+    assert search_main(["--smoke", "--out", str(tmp_path / "o"), *flag]) == 2
+    assert f"{flag[0]} applies only with --estimator supernet" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_killed_supernet_search_resumes(tmp_path: Path) -> None:
+    """kill -9 while the search trains its supernet (on a Ray Train worker): --resume continues
+    the supernet from its last epoch and scores every architecture once."""
+    import os
+    import signal
+    import time
+
+    from nas.experiment import read_trials_csv
+
+    exp = tmp_path / "k"
+    cmd = [sys.executable, "-m", "nas.search", "--smoke", "--data", "digits", "--time-budget",
+           "15m", "--out", str(tmp_path), "--name", "k", "--estimator", "supernet",
+           "--supernet-epochs", "4", "--trials", "4"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    manifest = exp / "supernet" / "supernet.json"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            if manifest.is_file() and json.loads(manifest.read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the supernet never finished an epoch")
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    killed_at = json.loads(manifest.read_text())["epoch"]
+    assert killed_at < 4 and not read_trials_csv(exp)
+    time.sleep(3)  # Ray ends the dead driver's worker
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = read_manifest(exp / "supernet")
+    assert final.complete and [r["epoch"] for r in final.curve] == [1, 2, 3, 4]
+    records = read_trials_csv(exp)
+    assert len(records) == 4 and all(r.state == "COMPLETE" and r.estimator == "supernet"
+                                     for r in records)
