@@ -341,11 +341,12 @@ def _plot(groups: dict[tuple[str, str], list[dict[str, Any]]], out: Path) -> Non
             macs = [r["macs"] / 1e6 for r in group]
             lat = [r["latency_ms"] for r in group]
             rho = spearman(lat, macs)
-            ax.scatter(macs, lat, s=10, alpha=0.6, label=f"{name} (Spearman {rho:.2f})")
+            ax.scatter(macs, lat, s=10, alpha=0.6,
+                       label=f"{name}: {len(group)} networks, Spearman {rho:.2f}")
         size = groups[next(k for k in groups if k[0] == preset)][0]["image_size"]
         ax.set(xscale="log", yscale="log", xlabel=f"MMACs per image at {size} px",
                ylabel="latency, ms per forward (batch 1, 1 thread)",
-               title=f"preset {preset}: {len(group)} samples")
+               title=f"preset {preset}: latency against MACs")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -493,3 +493,29 @@ def test_a_part_builds_the_module_its_key_names() -> None:
     part = Part("head", (64, 10), (64, 2, 2))
     assert part.key == "head(64,10)@2px"
     assert tuple(part.build()(torch.randn(1, 64, 2, 2)).shape) == (1, 10)
+
+
+@pytest.mark.slow  # a real search on a local Ray
+def test_a_search_takes_latency_on_its_workers(tmp_path: Path) -> None:
+    import subprocess
+
+    from nas.experiment import read_trials_csv
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.search", "--smoke", "--data", "digits", "--objectives",
+         "accuracy,latency", "--trials", "2", "--epochs", "1", "--concurrency", "1",
+         "--time-budget", "15m", "--out", str(tmp_path), "--name", "lat"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    exp = tmp_path / "lat"
+    stored = json.loads((exp / "experiment.json").read_text())["latency"]
+    assert stored["source"] == "worker" and stored["backend"] == "torch"
+    assert "measured on each trial's worker" in stored["definition"]
+    trained = [r for r in read_trials_csv(exp) if r.state != "INFEASIBLE"]
+    assert len(trained) == 2
+    for record in trained:
+        taken = json.loads((exp / "trials" / record.trial_id / "latency.json").read_text())
+        assert taken["pid"] != proc.pid  # the worker's process, not the driver's
+        assert record.costs["latency_ms"] == taken["latency_ms"]
+        assert taken["settings"]["device"] == "cpu" and taken["settings"]["threads"] == 1
