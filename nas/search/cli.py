@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -588,6 +589,7 @@ def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
                            verbose=runtime["verbose"])
     print(f"scoring proposals with the supernet's inherited weights ({directory})", flush=True)
     scorer = supernet_estimator.SupernetScorer(directory)
+    controller.started = time.monotonic()  # --time-budget bounds the scoring, not the supernet
     try:
         supernet_estimator.run_estimated(controller, scorer)
     except KeyboardInterrupt:
