@@ -237,6 +237,7 @@ SLOW_TESTS = frozenset({
     "test_supernet_search.py::test_one_ray_train_worker_trains_what_the_process_trains",
     "test_supernet_search.py::test_a_supernet_search_estimates_fine_tunes_and_exports",
     "test_supernet_search.py::test_a_killed_supernet_search_resumes",
+    "test_supernet_search.py::test_two_ray_train_workers_train_data_parallel",
 })
 
 

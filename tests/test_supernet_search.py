@@ -399,3 +399,57 @@ def test_a_killed_supernet_search_resumes(tmp_path: Path) -> None:
     assert len(finished) == 30 and all(r.state == "COMPLETE" and r.estimator == "supernet"
                                        for r in finished)
     assert not [r for r in after.values() if r.state == "RUNNING"]
+
+
+def _fake_controller(records: list, front: list) -> object:
+    from types import SimpleNamespace
+
+    study = SimpleNamespace(pruner=None)
+    return SimpleNamespace(records={r.trial_id: r for r in records}, queue=[], reruns=0,
+                           config=None, study=study, stopped=True, started=0.0,
+                           estimator="supernet", front=lambda estimator=None: list(front))
+
+
+@pytest.mark.parametrize("start", ["inherited", "scratch"])
+def test_finetuning_queues_the_best_estimates_not_yet_trained(tmp_path: Path,
+                                                              start: str) -> None:
+    import dataclasses
+
+    import optuna
+
+    from nas.experiment import ExperimentConfig, ExperimentDir, TrialRecord
+    from nas.search.estimator import prepare_finetune, to_finetune
+    from search_spaces import named_point
+
+    specs = [named_point(n) for n in ("resnest14d", "resnest26d", "resnest50d")]
+    est = [TrialRecord(f"t000{i}", i, "COMPLETE", s, {"macs": 1.0 + i},
+                       ({"epoch": 0, "val_top1": acc},), estimator="supernet")
+           for i, (s, acc) in enumerate(zip(specs, (0.5, 0.7, 0.6), strict=True))]
+    tuned = TrialRecord("t0003", 3, "COMPLETE", specs[1], {"macs": 2.0},
+                        ({"epoch": 1, "val_top1": 0.9},))
+    config = ExperimentConfig(name="f", space="resnest", preset="small", data="digits",
+                              image_size=8, objectives=("accuracy", "macs"), epochs=1, trials=3,
+                              time_budget_s=60.0, sampler="random", pruner="pareto", seed=0,
+                              storage="", estimator="supernet", finetune=2,
+                              finetune_from=start)
+    controller = _fake_controller([*est, tuned], est)
+    assert [r.trial_id for r in to_finetune(controller, config, tmp_path)] == ["t0001", "t0002"]
+    assert prepare_finetune(controller, config, tmp_path, [])
+    # t0001's spec is trained already: only t0002 waits, from its inherited checkpoint or not.
+    inherited = str(ExperimentDir(tmp_path).trial("t0002").checkpoint)
+    assert controller.queue == [(specs[2], inherited if start == "inherited" else None)]
+    assert controller.estimator == "train" and controller.config.trials == 3 + 2
+    assert isinstance(controller.study.pruner, optuna.pruners.NopPruner)
+    with pytest.raises(UserError, match="--finetune 4 is larger than the estimated front"):
+        to_finetune(controller, dataclasses.replace(config, finetune=4), tmp_path)
+
+
+def test_two_ray_train_workers_train_data_parallel(tmp_path: Path) -> None:
+    """Two CPU workers (gloo): each trains on half of every batch, gradients averaged."""
+    out = tmp_path / "dp"
+    proc = subprocess.run([sys.executable, "-m", "nas.supernet.train", *TINY, "--workers", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 Ray Train worker(s)" in proc.stdout
+    manifest = read_manifest(out)
+    assert manifest.complete and [r["steps"] for r in manifest.curve] == [2, 2]

@@ -50,7 +50,7 @@ from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
 from nas.search.recovery import check_same_experiment
 from nas.search.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
 from nas.supernet.train import train_supernet
-from nas.supernet.trainer import resume_check
+from nas.supernet.trainer import read_manifest, resume_check
 from search_spaces.cli import OneLineParser, run_cli
 from search_spaces.errors import UserError
 from search_spaces.files import atomic_write_text
@@ -507,7 +507,7 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
         supernet_estimator.check_covered(
             {n: adapt_to_task(named_point(n), config, space.preset.input_regime)
              for n in config.seed_points}, covered)
-        space = supernet_estimator.covered_space(covered)
+        space = supernet_estimator.covered_space(covered, config.space)
     check_satisfiable(space, config, costs)
     if not runtime["address"]:  # local Ray sees the GPUs torch sees; refuse before starting it
         check_gpus(runtime["gpus_per_trial"], torch.cuda.device_count(), None)
@@ -587,6 +587,10 @@ def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
                            cpus_per_worker=max(1.0, runtime["cpus_per_trial"]),
                            address=runtime["address"], max_failures=runtime["max_failures"],
                            verbose=runtime["verbose"])
+            last = read_manifest(directory).curve[-1]
+            print(f"supernet trained: val (BN recalibrated) largest "
+                  f"{last['val_top1_largest']:.1%}, smallest {last['val_top1_smallest']:.1%}",
+                  flush=True)
     print(f"scoring proposals with the supernet's inherited weights ({directory})", flush=True)
     scorer = supernet_estimator.SupernetScorer(directory)
     controller.started = time.monotonic()  # --time-budget bounds the scoring, not the supernet

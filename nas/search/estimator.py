@@ -103,9 +103,12 @@ def supernet_dir(config: ExperimentConfig, exp: Path) -> Path:
         ExperimentDir(exp).supernet)
 
 
-def covered_space(supernet: SupernetConfig) -> ResNeStSpace:
-    """The space the sampler proposes from: the architectures the supernet covers."""
-    return ResNeStSpace(supernet.preset)
+def covered_space(supernet: SupernetConfig, name: str) -> ResNeStSpace:
+    """The space the sampler proposes from: the architectures of space `name` the supernet
+    covers."""
+    space = ResNeStSpace(supernet.preset)
+    space.name = f"{name} (the supernet's part)"
+    return space
 
 
 def check_covered(specs: dict[str, ArchSpec], supernet: SupernetConfig) -> None:
