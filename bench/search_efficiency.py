@@ -58,9 +58,9 @@ STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (sampler, pruner)
     "random": ("random", "none"),
     "tpe_sha": ("tpe", "sha"),
 }
-# 0.5 G MAC-epochs: about what the quick start's 32 trials spend (docs/benchmarks.md), 4 full-
-# fidelity uniform samples of the small space at 16 px (mean about 31 MMACs), or 57 trainings of
-# its cheapest corner. (1 G was set first and cut to this before any run ended, for compute.)
+# 0.5 G MAC-epochs: the anchor and 7-15 more trials of the default search at 16 px, 4 full-
+# fidelity uniform samples of the small space (mean about 31 MMACs), or 57 trainings of its
+# cheapest corner. (1 G was set first and cut to this before any run ended, for compute.)
 DEFAULT_BUDGET = 0.5e9
 # The compute budget ends a run, never the search's wall clock (a loaded machine is slower).
 NO_CLOCK = "1000h"
