@@ -73,8 +73,8 @@ class LatencySettings:
         if self.backend == "onnxruntime" and self.precision != "fp32":
             raise UserError(f"the onnxruntime backend measures fp32 only, got {self.precision}")
         if self.precision == "fp16" and self.device == "cpu":
-            raise UserError("fp16 latency needs --latency-device cuda (CPUs run fp16 emulated); "
-                            "use bf16 or fp32 on the CPU")
+            raise UserError("fp16 latency needs a CUDA device (CPUs run fp16 emulated); use "
+                            "bf16 or fp32 on the CPU")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

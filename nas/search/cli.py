@@ -306,11 +306,14 @@ def latency_config(args: argparse.Namespace, objectives: tuple[str, ...],
                 "table_validation": {k: validation[k] for k in ("mape_percent", "spearman")
                                      if k in validation}}
     runs = {"warmup": 1, "runs": 3} if args.smoke else LATENCY_RUNS
+    # Checked as the trials will run it (on their GPU when they hold one); the package is
+    # checked here, on the driver, so a missing extra is named once, not on every worker.
     settings = LatencySettings(backend=args.latency_backend or "torch",
                                batch_size=args.latency_batch_size or 1,
                                threads=args.latency_threads or 1,
-                               precision=args.latency_precision or "fp32", **runs)
-    check_backend_available(settings)  # a missing extra is named here, not on every worker
+                               precision=args.latency_precision or "fp32",
+                               device="cuda" if args.gpus_per_trial > 0 else "cpu", **runs)
+    check_backend_available(replace(settings, device="cpu"))
     values = {**settings.to_dict(), "threads": args.latency_threads}
     del values["device"]
     threads = (f"{args.latency_threads} thread(s)" if args.latency_threads
