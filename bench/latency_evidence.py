@@ -120,14 +120,15 @@ def step_tables(args: argparse.Namespace, pauser: Pauser) -> None:
     fitted on 10 networks, error on 50 held out."""
     space = get_space("resnest", "small")
     suffix = f"-sampled-p{args.passes}" if args.only_sampled else ""
+    suffix += f"-{args.fit}+{args.validate}" if (args.fit, args.validate) != (10, 50) else ""
     for name in args.backends:
         out = RAW / f"table-small-16-{name}{suffix}.json"
         if out.exists():
             print(f"{out} exists: skipped")
             continue
         started = time.monotonic()
-        table = profile(space, "resnest", 16, 10, 1, backend(name, pauser), fit=10,
-                        validate=50, seed=0, only_sampled=args.only_sampled,
+        table = profile(space, "resnest", 16, 10, 1, backend(name, pauser), fit=args.fit,
+                        validate=args.validate, seed=0, only_sampled=args.only_sampled,
                         passes=args.passes)
         atomic_write_text(out, table.to_json())
         v = table.validation
@@ -377,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="networks per set (0: all)")
     p.add_argument("--only-sampled", action="store_true", help="tables: sampled parts only")
     p.add_argument("--passes", type=int, default=1, help="tables: passes of the profile")
+    p.add_argument("--fit", type=int, default=10, help="tables: networks fitting the constant")
+    p.add_argument("--validate", type=int, default=50, help="tables: held-out networks")
     p.add_argument("--experiments", default="runs/latency-evidence",
                    help="fronts: where the two searches' experiments are")
     p.add_argument("--pause", default=PAUSE, help="processes to pause around timed runs")

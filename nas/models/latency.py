@@ -167,6 +167,11 @@ class LatencyBackend:
         with torch_threads(s.threads), torch.inference_mode():
             if s.backend == "onnxruntime":
                 return self._measure_onnx(module, x)
+            if s.backend == "compile":
+                # A fresh compiler state per module: Dynamo stops compiling a forward after a
+                # few recompiles (many blocks share `Bottleneck.forward`) and would silently
+                # time eager code instead.
+                torch.compiler.reset()
             fn = torch.compile(module) if s.backend == "compile" else module
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
             autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
