@@ -257,9 +257,12 @@ def test_a_supernet_search_estimates_fine_tunes_and_exports(tmp_path: Path,
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads(next((tmp_path / "x").glob("*.json")).read_text())
     assert meta["trial"]["trial_id"] == best.trial_id
-    # --finetune may change on resume: the best estimated trial trains per candidate.
+    # --finetune may change on resume: the best estimated trial trains per candidate. Without
+    # trials.csv, the estimated rows are rebuilt from the study and the trials' metrics.
+    (exp / "trials.csv").unlink()
     second = search(tmp_path, "e", "--resume", "--finetune", "1")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "rebuilt 5 row(s)" in second.stderr
     records = read_trials_csv(exp)
     tuned = [r for r in records if r.estimator == "train"]
     assert len(tuned) == 1 and tuned[0].state == "COMPLETE" and tuned[0].epochs == 2

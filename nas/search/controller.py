@@ -163,7 +163,8 @@ class SearchController:
             trial_id = trial_id_of(trial.number)
             trial.set_user_attr("spec", spec.to_json())
             trial.set_user_attr("tag", spec.tag)
-            trial.set_user_attr(ESTIMATOR_ATTR, self.estimator)
+            if self.estimator != "train":  # recovery reads a missing attribute as train
+                trial.set_user_attr(ESTIMATOR_ATTR, self.estimator)
             how = {"estimator": self.estimator}
             try:
                 costs = self.cost_fn(spec)
