@@ -304,6 +304,7 @@ BAD_SEARCH = [
     (["--finetune", "-1"], "--finetune must be >= 0"),
     (["--finetune-from", "nowhere"], "--finetune-from must be inherited or scratch"),
     (["--supernet-epochs", "0"], "--supernet-epochs must be positive"),
+    (["--objectives", "accuracy,latency"], "predict it with --latency-table"),
 ]
 
 

@@ -218,6 +218,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, dict[s
     if args.lr is not None:
         train["lr"] = args.lr
     supernet, finetune, finetune_from = estimator_config(args, space.preset.name)
+    if supernet and latency.get("source") == "worker":
+        raise UserError("--estimator supernet scores candidates on the driver, where no worker "
+                        "measures latency: predict it with --latency-table (python -m "
+                        "nas.latency profile)")
     config = ExperimentConfig(
         name=args.name, space=args.space, preset=space.preset.name, data=data,
         image_size=args.image_size or fallback.get("image_size", 0), objectives=tuple(
