@@ -238,7 +238,7 @@ class Trainer:
         """Everything resume needs, tensors on CPU."""
         return {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             "epoch": self.epoch,
@@ -256,13 +256,14 @@ class Trainer:
         self.curve = [dict(r) for r in state["curve"]]
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
+    """A copy of a (nested dict/list of) state on the CPU, so a checkpoint loads anywhere."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_cpu(v) for v in obj]
     return obj
 
 

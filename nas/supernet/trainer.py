@@ -46,7 +46,7 @@ from search_spaces.files import atomic_write_bytes, atomic_write_text
 from search_spaces.spec import ArchSpec
 from trials.bundle import DataBundle
 from trials.data import load_data
-from trials.training import epoch_seed, param_groups, warmup_cosine
+from trials.training import epoch_seed, param_groups, to_cpu, warmup_cosine
 
 FORMAT = "resnest-nas/supernet/1"
 CALIBRATION_SEED = 12_345  # the training batches BN statistics are recalibrated on
@@ -382,7 +382,7 @@ class SupernetTrainer:
         return {
             "format": FORMAT,
             "supernet": {k: v.detach().cpu() for k, v in self.supernet.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             "epoch": self.epoch,
@@ -412,16 +412,6 @@ class SupernetTrainer:
         atomic_write_text(files.manifest, manifest.to_json())
         if old and old != state_file.name:
             (files.path / old).unlink(missing_ok=True)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
 
 
 def resume_check(path: Path, job: SupernetJob) -> Manifest | None:
