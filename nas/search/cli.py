@@ -557,6 +557,19 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
         print(f"latency: {config.latency['definition']}", flush=True)
     if config.estimator == "supernet":
         return _estimate(config, exp, controller, objectives, runtime, concurrency, args)
+    if not _run_on_tune(controller, config, exp, runtime, concurrency, args):
+        return 130
+    controller.close_live("stopped at the end of the search")
+    if controller.failure:
+        raise SearchStopped(controller.failure)
+    print_front(controller, objectives)
+    return 0
+
+
+def _run_on_tune(controller: Any, config: ExperimentConfig, exp: Path, runtime: dict[str, Any],
+                 concurrency: int, args: argparse.Namespace) -> bool:
+    """Train the controller's proposals on Ray Tune; False when Ctrl-C stopped it (the way to
+    continue printed)."""
     try:
         ray_runner.run_search(
             controller, storage_path=exp, cpus_per_trial=runtime["cpus_per_trial"],
@@ -565,14 +578,14 @@ def _search(args: argparse.Namespace, config: ExperimentConfig, runtime: dict[st
             verbose=runtime["verbose"],
         )
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python -m nas.search --out {args.out} "
-              f"--name {config.name} --resume", file=sys.stderr)
-        return 130
-    controller.close_live("stopped at the end of the search")
-    if controller.failure:
-        raise SearchStopped(controller.failure)
-    print_front(controller, objectives)
-    return 0
+        _print_resume_hint(config, args)
+        return False
+    return True
+
+
+def _print_resume_hint(config: ExperimentConfig, args: argparse.Namespace) -> None:
+    print(f"interrupted; continue with: python -m nas.search --out {args.out} "
+          f"--name {config.name} --resume", file=sys.stderr)
 
 
 def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
@@ -604,8 +617,7 @@ def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
     try:
         supernet_estimator.run_estimated(controller, scorer)
     except KeyboardInterrupt:
-        print(f"interrupted; continue with: python -m nas.search --out {args.out} "
-              f"--name {config.name} --resume", file=sys.stderr)
+        _print_resume_hint(config, args)
         return 130
     if controller.failure:
         raise SearchStopped(controller.failure)
@@ -616,15 +628,7 @@ def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
     if supernet_estimator.prepare_finetune(controller, config, exp, moved):
         print(f"fine-tuning the estimated front's best {config.finetune} "
               f"({config.finetune_from}), {config.epochs} epochs each", flush=True)
-        try:
-            ray_runner.run_search(
-                controller, storage_path=exp, cpus_per_trial=runtime["cpus_per_trial"],
-                gpus_per_trial=runtime["gpus_per_trial"], concurrency=concurrency,
-                max_failures=runtime["max_failures"], time_budget_s=config.time_budget_s,
-                verbose=runtime["verbose"])
-        except KeyboardInterrupt:
-            print(f"interrupted; continue with: python -m nas.search --out {args.out} "
-                  f"--name {config.name} --resume", file=sys.stderr)
+        if not _run_on_tune(controller, config, exp, runtime, concurrency, args):
             return 130
         controller.close_live("stopped at the end of the fine-tuning")
         if controller.failure:
