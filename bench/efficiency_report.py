@@ -109,6 +109,9 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
             wall = f"{np.mean([r['wall_s'] for r in runs[key]]):.0f}"
         lines.append(f"| {LABELS.get(key, key)} | {len(c)} | {' | '.join(cells)} | {counts} "
                      f"| {wall} |")
+    many = np.array([random_search(table, 1000 + i, budget).at(budget) for i in range(100)])
+    lines.append(f"| (b) over 100 more random orders (seeds 1000-1099) | 100 | - | - | "
+                 f"{many.mean():.4f} ± {_std(many):.4f} | - | - (table) |")
     lines.append(f"| (c) hand-designed family, {len(hand)} points | - | - | - | {hand_hv:.4f} at "
                  f"{hand_compute / 1e9:.2f} G MAC-epochs ({hand_compute / budget:.1f}x the "
                  f"budget) | {len(hand)} | - |")
