@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from nas.latency.parts import parts_of
 from nas.models.latency import LatencySettings
@@ -148,18 +149,7 @@ def file_digest(path: str | Path) -> str:
 
 def spearman(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
-    return float(np.corrcoef(_ranks(np.asarray(a, float)), _ranks(np.asarray(b, float)))[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x), dtype=float)
-    for value in np.unique(x):  # ties share their average rank
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
+    return float(pd.Series(a, dtype=float).corr(pd.Series(b, dtype=float), method="spearman"))
 
 
 def mape(measured: list[float] | np.ndarray, predicted: list[float] | np.ndarray) -> float:

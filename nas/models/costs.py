@@ -26,8 +26,6 @@ Definitions (state them with every number):
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -38,7 +36,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nas.models.builder import build_model
-from nas.models.latency import LatencyBackend, LatencySettings
+from nas.models.latency import LatencyBackend, LatencySettings, device_sync, median_ms
 from search_spaces import counts
 from search_spaces.errors import UserError
 from search_spaces.registry import SpecLike, resolve_spec
@@ -153,21 +151,6 @@ def static_costs(spec: SpecLike, image_size: int | None = None,
     return _static(resolved, size, batch_size, bool(memory))
 
 
-def _median_time(fn, device: torch.device, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _cuda_peak(model: nn.Module, x: torch.Tensor) -> int:
     """Same quantity as the meta trace, from the CUDA caching allocator's statistics."""
     device = x.device
@@ -211,7 +194,8 @@ def measure_costs(spec: SpecLike, image_size: int | None = None, device: str = "
         model.to(dev).eval()
         batch = torch.randn(batch_size, resolved.in_channels, size, size, device=dev)
         with torch.inference_mode():
-            thr = batch_size / _median_time(lambda: model(batch), dev, warmup, runs)
+            thr = 1e3 * batch_size / median_ms(lambda: model(batch), warmup, runs,
+                                               device_sync(dev))
     return CostRecord(
         params=static.params, macs=static.macs, image_size=size, peak_memory_bytes=peak,
         latency_ms=lat, throughput_images_per_s=thr, device=device, batch_size=batch_size,

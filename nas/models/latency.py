@@ -119,6 +119,11 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What waits for `device`'s queued work before a clock is read (nothing on the CPU)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def median_ms(fn: Callable[[], Any], warmup: int, runs: int,
               sync: Callable[[], None] = lambda: None) -> float:
     """The figure: median wall milliseconds of `runs` calls after `warmup` untimed ones (Python's
@@ -176,8 +181,7 @@ class LatencyBackend:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(s.precision)
             autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                         else contextlib.nullcontext())
-            sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (
-                lambda: None)
+            sync = device_sync(device)
             with autocast:
                 if s.backend == "compile":
                     fn(x)  # compiles here, never inside the warm-up count or the timed runs
@@ -229,4 +233,5 @@ def make_backend(backend: str = "torch", **settings: Any) -> LatencyBackend:
     return LatencyBackend(LatencySettings(backend=backend, **settings))
 
 
-__all__ = ["BACKENDS", "LatencyBackend", "LatencySettings", "make_backend", "median_ms"]
+__all__ = ["BACKENDS", "LatencyBackend", "LatencySettings", "device_sync", "make_backend",
+           "median_ms"]
