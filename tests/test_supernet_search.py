@@ -437,7 +437,7 @@ def test_finetuning_queues_the_best_estimates_not_yet_trained(tmp_path: Path,
                               storage="", estimator="supernet", finetune=2,
                               finetune_from=start)
     controller = _fake_controller([*est, tuned], est)
-    assert [r.trial_id for r in to_finetune(controller, config, tmp_path)] == ["t0001", "t0002"]
+    assert [r.trial_id for r in to_finetune(controller, config)] == ["t0001", "t0002"]
     assert prepare_finetune(controller, config, tmp_path, [])
     # t0001's spec is trained already: only t0002 waits, from its inherited checkpoint or not.
     inherited = str(ExperimentDir(tmp_path).trial("t0002").checkpoint)
@@ -445,7 +445,7 @@ def test_finetuning_queues_the_best_estimates_not_yet_trained(tmp_path: Path,
     assert controller.estimator == "train" and controller.config.trials == 3 + 2
     assert isinstance(controller.study.pruner, optuna.pruners.NopPruner)
     with pytest.raises(UserError, match="--finetune 4 is larger than the estimated front"):
-        to_finetune(controller, dataclasses.replace(config, finetune=4), tmp_path)
+        to_finetune(controller, dataclasses.replace(config, finetune=4))
 
 
 def test_two_ray_train_workers_train_data_parallel(tmp_path: Path) -> None:

@@ -119,6 +119,16 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                            epochs: int, warmup_epochs: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step schedule of every trainer here: `warmup_epochs` of linear warm-up (at most
+    half the steps), then cosine to zero at the last step."""
+    total = steps_per_epoch * epochs
+    warmup = min(round(warmup_epochs * steps_per_epoch), total // 2)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total))
+
+
 class Trainer:
     """Trains `model` on `data`; `epoch` counts finished epochs and `curve` their records."""
 
@@ -139,10 +149,8 @@ class Trainer:
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=config.resolved_lr)
         self.steps_per_epoch = data.steps_per_epoch(config.batch_size)
-        total = self.steps_per_epoch * config.epochs
-        warmup = min(round(config.warmup_epochs * self.steps_per_epoch), total // 2)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_cosine(step, warmup, total))
+        self.scheduler = warmup_cosine_scheduler(self.optimizer, self.steps_per_epoch,
+                                                 config.epochs, config.warmup_epochs)
         self.generator = torch.Generator()
         self.epoch = 0
         self.curve: list[dict[str, Any]] = []

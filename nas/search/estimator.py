@@ -184,7 +184,7 @@ def split_reruns(controller: Any) -> list[tuple[ArchSpec, str | None]]:
     return moved
 
 
-def to_finetune(controller: Any, config: ExperimentConfig, exp: Path) -> list[TrialRecord]:
+def to_finetune(controller: Any, config: ExperimentConfig) -> list[TrialRecord]:
     """The best `config.finetune` of the estimated front by estimated accuracy; more than the
     front holds is refused in one line (the estimated trials stay)."""
     front = controller.front("supernet")
@@ -200,7 +200,7 @@ def prepare_finetune(controller: Any, config: ExperimentConfig, exp: Path,
     """Turn the controller to the fine-tuning phase: the chosen trials queued (those not trained
     yet), trained per candidate from their inherited checkpoints (or from scratch), never
     pruned, with a fresh time budget. False when nothing is left to fine-tune."""
-    best = to_finetune(controller, config, exp)
+    best = to_finetune(controller, config)
     trained = {r.spec.spec_hash for r in controller.records.values()
                if r.estimator == "train" and not is_interrupted(r)}
     waiting = {spec.spec_hash for spec, _ in moved}

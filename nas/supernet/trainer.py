@@ -26,7 +26,6 @@ a kill at any moment leaves a manifest naming a whole state file.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -42,11 +41,17 @@ from nas.supernet.config import SupernetConfig
 from nas.supernet.supernet import Supernet
 from nas.supernet.training import recalibrate_bn, sandwich_step
 from search_spaces.errors import UserError
-from search_spaces.files import atomic_write_bytes, atomic_write_text
+from search_spaces.files import atomic_write_text
 from search_spaces.spec import ArchSpec
 from trials.bundle import DataBundle
 from trials.data import load_data
-from trials.training import epoch_seed, param_groups, to_cpu, warmup_cosine
+from trials.training import (
+    epoch_seed,
+    param_groups,
+    save_checkpoint,
+    to_cpu,
+    warmup_cosine_scheduler,
+)
 
 FORMAT = "resnest-nas/supernet/1"
 CALIBRATION_SEED = 12_345  # the training batches BN statistics are recalibrated on
@@ -313,10 +318,8 @@ class SupernetTrainer:
         self.steps_per_epoch = data.steps_per_epoch(min(cfg.batch_size, len(data.train)))
         if cfg.max_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_batches)
-        total = self.steps_per_epoch * cfg.epochs
-        warmup = min(round(cfg.warmup_epochs * self.steps_per_epoch), total // 2)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_cosine(step, warmup, total))
+        self.scheduler = warmup_cosine_scheduler(self.optimizer, self.steps_per_epoch,
+                                                 cfg.epochs, cfg.warmup_epochs)
         self.generator = torch.Generator()
         self.epoch = 0
         self.curve: list[dict[str, Any]] = []
@@ -403,10 +406,7 @@ class SupernetTrainer:
         """The epoch's state file, then the manifest naming it, then the older state file goes."""
         files = SupernetDir(path)
         old = read_manifest(path).state_file if files.manifest.is_file() else None
-        buffer = io.BytesIO()
-        torch.save(self.state_dict(), buffer)
-        state_file = files.state(self.epoch)
-        atomic_write_bytes(state_file, buffer.getvalue())
+        state_file = save_checkpoint(self.state_dict(), files.state(self.epoch))
         manifest = Manifest(self.job, self.epoch, state_file.name, tuple(self.curve),
                             self.seconds)
         atomic_write_text(files.manifest, manifest.to_json())
