@@ -12,6 +12,7 @@ Log MACs because the space spans two orders of magnitude.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable
 
@@ -25,9 +26,11 @@ from search_spaces import UserError, get_space
 from search_spaces.resnest_space import AnswerTrial
 
 
+@functools.cache
 def macs_range(image_size: int, num_classes: int = 10, in_channels: int = 1) -> tuple[float, float]:
     """(smallest, largest) MACs of the small resnest space at `image_size`: the cheapest corners
-    (`nas.search.anchor.corner_specs`) and every valid all-largest corner."""
+    (`nas.search.anchor.corner_specs`) and every valid all-largest corner. Cached: every replay
+    of a search normalises by it."""
     space = get_space("resnest")
     p = space.preset
     config = ExperimentConfig(name="x", space="resnest", preset="small", data="digits",
