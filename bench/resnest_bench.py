@@ -8,12 +8,20 @@ ones `trials.train --arch resnest:I` trains) and the hand-designed family
 (`search_spaces.hand_designed`). The first `--seeded` samples and every hand-designed point are
 also trained with the other `--seeds`.
 
+The slice (`slice:I` for I in 0..slice-1, kind `slice`, first seed only): uniform samples of the
+small preset with the global axes a supernet fixes set to the default `SupernetConfig`'s, so that
+one default supernet covers every one of them (issue 20, item 4 ranks them with it; the uniform
+samples vary every global axis and almost none share one supernet). Sample I is drawn from its
+own numpy Generator seeded with (`SLICE_SEED`, I): a tag always names the same spec, whatever
+`--slice` is.
+
 The CSV is appended one row at a time (flushed and synced); a rerun skips the (tag, seed) pairs
 it holds and drops a torn last line, so the table grows over several sessions. Runs go to a
 process pool with one torch thread per worker (`--device cuda` trains on a GPU instead).
 
     python -m bench.resnest_bench --workers 2                       # the table, resumable
-    python -m bench.resnest_bench --samples 2 --seeded 1 --no-hand --out /tmp/b.csv --epochs 1
+    python -m bench.resnest_bench --samples 2 --seeded 1 --slice 1 --no-hand --out /tmp/b.csv \
+        --epochs 1
 """
 
 from __future__ import annotations
@@ -30,12 +38,15 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nas.models.costs import measure_costs
 from nas.search.cli import DEFAULTS, build_parser
+from nas.supernet.config import SupernetConfig
 from search_spaces.files import atomic_write_text
 from search_spaces.hand_designed import hand_designed
+from search_spaces.spec import ArchSpec
 from trials.trial import Trial
 from trials.trial_config import build_trial_config
 
@@ -44,15 +55,25 @@ COLUMNS = ("tag", "seed", "kind", "spec", "params", "macs", "latency_ms", "curve
            "test_top1", "train_s", "epochs", "data", "image_size", "train_fraction", "command")
 _SEARCH = build_parser()  # the quick start's own defaults
 DATA, BATCH_SIZE = _SEARCH.get_default("data"), _SEARCH.get_default("batch_size")
+SLICE_SEED = 20  # the slice's samples: sample I comes from default_rng((SLICE_SEED, I))
 
 
-def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool) -> list[dict[str, Any]]:
+def slice_spec(index: int) -> ArchSpec:
+    """Slice sample `index`: a uniform sample of the small preset with the default supernet's
+    fixed global axes (`SupernetConfig()` covers it)."""
+    return SupernetConfig().sample(np.random.default_rng((SLICE_SEED, index)))
+
+
+def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool,
+         slices: int = 0) -> list[dict[str, Any]]:
     """Every row the table should hold, in the order they run: the hand-designed points and the
     seeded samples at the first seed, the seeded samples' other seeds, the other samples at the
-    first seed, then the hand-designed points' other seeds."""
+    first seed, the slice at the first seed, then the hand-designed points' other seeds."""
     first, *others = seeds
     sampled = [{"tag": f"resnest:{i}", "kind": "sample", "arch": f"resnest:{i}"}
                for i in range(samples)]
+    sliced = [{"tag": f"slice:{i}", "kind": "slice", "arch": slice_spec(i).to_dict(),
+               "seed": first} for i in range(slices)]
     designed = [{"tag": name, "kind": "hand", "arch": spec.to_dict()}
                 for name, spec in hand_designed().items()] if hand else []
     # The seeded samples' other seeds come early: the noise and the seed-to-seed ceiling are
@@ -61,6 +82,7 @@ def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool) -> list[
     out = [{**j, "seed": first} for j in designed + sampled[:seeded]]
     out += [{**j, "seed": s} for j in sampled[:seeded] for s in others]
     out += [{**j, "seed": first} for j in sampled[seeded:]]
+    out += sliced
     out += [{**j, "seed": s} for j in designed for s in others]
     return out
 
@@ -139,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="samples also trained with the other seeds (default: 30)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="training seeds (default: 0 1 2)")
+    p.add_argument("--slice", type=int, default=60,
+                   help="uniform samples with the default supernet's fixed axes, first seed "
+                   "only (default: 60)")
     p.add_argument("--no-hand", dest="hand", action="store_false",
                    help="leave out the hand-designed family")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"],
@@ -151,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["tag"], int(r["seed"])) for r in read_table(args.out)}
-    todo = [j for j in jobs(args.samples, args.seeded, tuple(args.seeds), args.hand)
+    todo = [j for j in jobs(args.samples, args.seeded, tuple(args.seeds), args.hand, args.slice)
             if (j["tag"], j["seed"]) not in done][:args.limit]
     print(f"{len(done)} rows in {args.out}; {len(todo)} to train", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
@@ -170,4 +195,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["COLUMNS", "TABLE", "jobs", "read_table", "train_row"]
+__all__ = ["COLUMNS", "SLICE_SEED", "TABLE", "jobs", "read_table", "slice_spec", "train_row"]

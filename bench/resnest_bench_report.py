@@ -4,7 +4,9 @@ Reads the table `bench.resnest_bench` writes and prints markdown: the noise (std
 architecture over its seeds; Kendall tau between two seeds' rankings, the ceiling of any
 estimator), the rank correlation (Kendall tau, Spearman rho) of params, MACs, latency and the
 validation accuracy after each epoch with the final val_top1 of the uniform samples (seed 0), and
-the hand-designed family's mean +- std.
+the hand-designed family's mean +- std. The slice's rows (kind `slice`, one seed) are counted
+here and ranked by `bench.supernet_ranking`; the noise comes from the seeded rows (a slice row has
+one seed) and the estimators from the uniform samples only.
 
     python -m bench.resnest_bench_report [--table docs/raw/resnest-bench/resnest_bench.csv]
 """
@@ -61,8 +63,10 @@ def estimators(table: pd.DataFrame) -> pd.DataFrame:
 
 def report(table: pd.DataFrame) -> str:
     stds, taus = noise(table)
+    kinds = table.drop_duplicates("tag")["kind"].value_counts()
     lines = [f"{len(table)} rows: {table['tag'].nunique()} architectures "
-             f"({(table.drop_duplicates('tag')['kind'] == 'sample').sum()} uniform samples), "
+             f"({kinds.get('sample', 0)} uniform samples, {kinds.get('slice', 0)} in the "
+             "default supernet's slice), "
              f"{table['epochs'].iloc[0]} epochs on {table['data'].iloc[0]} at "
              f"{table['image_size'].iloc[0]} px, train share {table['train_fraction'].iloc[0]}",
              "", "Seed-to-seed noise of val_top1 (architectures with >= 2 seeds):", ""]

@@ -15,8 +15,11 @@ from nas.search.cli import DEFAULTS, build_parser, config_from_args
 from nas.search.objectives import parse_objectives
 from nas.search.pruner import ParetoPruner
 from nas.search.strategy import DEFAULT_FIRST_RUNG, make_pruner
+from nas.supernet.config import SupernetConfig
 from search_spaces import counts
 from search_spaces.hand_designed import PATTERNS, SCALES, hand_designed
+from search_spaces.registry import get_space
+from search_spaces.spec import ArchSpec
 from trials import train as train_cli
 from trials.training import TrainConfig
 
@@ -43,16 +46,37 @@ def test_hand_designed_points_follow_their_pattern(name: str) -> None:
 
 
 def test_jobs_run_first_seeds_first_and_cover_the_table() -> None:
-    jobs = resnest_bench.jobs(200, 30, (0, 1, 2), True)
+    jobs = resnest_bench.jobs(200, 30, (0, 1, 2), True, 60)
     keys = [(j["tag"], j["seed"]) for j in jobs]
-    assert len(keys) == len(set(keys)) == 200 + 32 + 2 * (30 + 32)
+    assert len(keys) == len(set(keys)) == 200 + 32 + 2 * (30 + 32) + 60
     rows = [(j["kind"], j["seed"] > 0) for j in jobs]  # (kind, a repeat?) in running order
     assert rows == ([("hand", False)] * 32 + [("sample", False)] * 30  # the seeded ones first,
                     + [("sample", True)] * 60  # their noise next, then every other sample once,
-                    + [("sample", False)] * 170 + [("hand", True)] * 64)  # hand repeats last
+                    + [("sample", False)] * 170 + [("slice", False)] * 60  # the slice,
+                    + [("hand", True)] * 64)  # hand repeats last
     assert [j["tag"] for j in jobs[32:62]] == [f"resnest:{i}" for i in range(30)]
+    assert [j["tag"] for j in jobs[292:352]] == [f"slice:{i}" for i in range(60)]
     assert {j["tag"] for j in jobs if j["seed"] == 2} == set(HAND) | {
         f"resnest:{i}" for i in range(30)}
+    assert resnest_bench.jobs(200, 30, (0, 1, 2), True) == [j for j in jobs
+                                                            if j["kind"] != "slice"]
+
+
+def test_a_slice_tag_always_names_the_same_spec() -> None:
+    few = {j["tag"]: j["arch"] for j in resnest_bench.jobs(0, 0, (0,), False, 3)}
+    many = {j["tag"]: j["arch"] for j in resnest_bench.jobs(0, 0, (0,), False, 60)}
+    assert few == {tag: many[tag] for tag in few}  # the tag decides, not --slice
+    assert [resnest_bench.slice_spec(i) for i in range(3)] == [
+        ArchSpec.from_dict(few[f"slice:{i}"]) for i in range(3)]
+    assert resnest_bench.slice_spec(0).tag == "1s1x24d-0s1x32d-1s2x8d-0s2x64d_2-2-1-1"
+
+
+def test_the_default_supernet_covers_the_whole_slice() -> None:
+    specs = [resnest_bench.slice_spec(i) for i in range(60)]
+    assert len(set(specs)) == 60  # no architecture twice
+    assert all(SupernetConfig().violations(spec) == [] for spec in specs)
+    assert all(get_space("resnest").contains(spec) for spec in specs)  # the small preset's
+    assert len({tuple(s.radix for s in spec.stages) for spec in specs}) > 30  # not one pattern
 
 
 def test_the_table_uses_the_quick_starts_full_fidelity_protocol() -> None:
@@ -75,7 +99,8 @@ def test_no_rung_decides_before_the_warm_up_has_ended(name: str) -> None:
 
 def _bench(out: Path, *extra: str) -> None:
     assert resnest_bench.main(["--samples", "1", "--seeded", "1", "--seeds", "0", "1",
-                               "--no-hand", "--epochs", "1", "--smoke", "--workers", "1",
+                               "--slice", "1", "--no-hand", "--epochs", "1", "--smoke",
+                               "--workers", "1",
                                "--out", str(out), *extra]) == 0
 
 
@@ -84,13 +109,15 @@ def test_the_table_appends_resumes_and_each_row_reproduces(tmp_path: Path,
     out = tmp_path / "bench.csv"
     _bench(out)
     rows = resnest_bench.read_table(out)
-    assert [(r["tag"], r["seed"]) for r in rows] == [("resnest:0", "0"), ("resnest:0", "1")]
+    assert [(r["tag"], r["seed"], r["kind"]) for r in rows] == [
+        ("resnest:0", "0", "sample"), ("resnest:0", "1", "sample"), ("slice:0", "0", "slice")]
+    assert ArchSpec.from_json(rows[2]["spec"]) == resnest_bench.slice_spec(0)
     assert tuple(rows[0]) == resnest_bench.COLUMNS
     whole = out.read_text()
     out.write_text(whole + "resnest:9,0,sample,{\"torn")  # a run killed mid-row
     capsys.readouterr()
     _bench(out)
-    assert "2 rows in" in capsys.readouterr().out and out.read_text() == whole  # nothing re-run
+    assert "3 rows in" in capsys.readouterr().out and out.read_text() == whole  # nothing re-run
     # The row's command, run by hand, trains the same curve.
     argv = shlex.split(rows[1]["command"])[3:] + ["--out", str(tmp_path / "run"), "--quiet"]
     assert train_cli.main(argv) == 0
@@ -98,5 +125,6 @@ def test_the_table_appends_resumes_and_each_row_reproduces(tmp_path: Path,
     assert [round(m["val_top1"], 5) for m in metrics] == json.loads(rows[1]["curve"])
     text = resnest_bench_report.report(resnest_bench_report.load(out))
     assert "Kendall tau between seeds 0 and 1" not in text  # one architecture ranks nothing
-    assert "1 architectures; std per architecture" in text
+    assert "1 architectures; std per architecture" in text  # the slice row has one seed
+    assert "(1 uniform samples, 1 in the default supernet's slice)" in text
     assert "fewer than 3 uniform samples: nothing to rank yet" in text
