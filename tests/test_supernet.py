@@ -1,7 +1,8 @@
 """The elastic supernet (issue 20, items 1-2): extraction equals the supernet exactly, slices have
 the spec's shapes and share storage as laid out, the sandwich step trains exactly the entries its
 sub-networks use, BN recalibration sets the statistics eval uses, importance reordering keeps the
-function, and uncovered architectures are refused naming the field."""
+function, uncovered architectures are refused naming the field, and progressive shrinking draws
+only from the part of the space open in each phase."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from nas.supernet import (
     reorder_by_importance,
     sandwich_step,
 )
+from nas.supernet.layout import family_of
+from nas.supernet.shrink import SCHEDULES, WHOLE, Region, phase_of, schedule
+from nas.supernet.trainer import SupernetTrainConfig
 from search_spaces import ArchSpec, StageSpec, get_space
 from search_spaces.errors import UserError
 from search_spaces.resnest_space import SMALL
@@ -390,3 +394,115 @@ def test_bad_inputs_are_user_errors() -> None:
     with pytest.raises(UserError, match="expected an ArchSpec"):
         supernet.extract("resnest50d")  # type: ignore[arg-type]
     assert SupernetConfig.covering(CONFIG.largest()) == CONFIG
+
+
+# Progressive shrinking ------------------------------------------------------------------------
+def _outside(region: Region, config: SupernetConfig, spec: ArchSpec) -> list[str]:
+    """Each closed axis of `spec` not at its largest (an independent reading of `Region`)."""
+    out = []
+    for i, stage in enumerate(spec.stages):
+        planes = config.stage_planes(i)
+        radixes = config.preset.radix_choices(planes)
+        family = [r for r in radixes if family_of(r) == family_of(stage.radix)]
+        if region.radix == "largest" and stage.radix != max(radixes):
+            out.append(f"{i}.radix")
+        if region.radix == "families" and stage.radix != max(family):
+            out.append(f"{i}.radix")
+        if not region.depth and stage.depth != config.stage_depths[i][1]:
+            out.append(f"{i}.depth")
+        if not region.cardinality and stage.cardinality != max(
+                config.cardinalities(stage.radix)):
+            out.append(f"{i}.cardinality")
+        if not region.width and stage.width != max(
+                config.preset.width_choices(stage.radix, planes)):
+            out.append(f"{i}.width")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_each_phase_draws_only_from_its_open_region(name: str) -> None:
+    regions = schedule(name)
+    assert regions[-1] == WHOLE  # every schedule ends with the whole space
+    rng = np.random.default_rng(3)
+    for index, region in enumerate(regions):
+        specs = [region.smallest(CONFIG), *(region.sample(CONFIG, rng) for _ in range(300))]
+        for spec in specs:
+            assert CONFIG.violations(spec) == [], spec.tag
+            assert _outside(region, CONFIG, spec) == [], (region.label, spec.tag)
+            assert region.violations(CONFIG, spec) == [], (region.label, spec.tag)
+            for later in regions[index:]:  # the open part only grows
+                assert later.violations(CONFIG, spec) == [], (later.label, spec.tag)
+        assert region.violations(CONFIG, CONFIG.largest()) == []
+        # Every open axis varies, and the region's smallest is its least in each.
+        seen = {axis: {getattr(st, axis) for s in specs for st in s.stages}
+                for axis in ("depth", "radix", "cardinality", "width")}
+        for axis in ("depth", "cardinality", "width"):
+            assert (len(seen[axis]) > 1) == getattr(region, axis), (region.label, axis)
+        assert len(seen["radix"]) == {"largest": 1, "families": 3, "all": 4}[region.radix]
+        smallest = region.smallest(CONFIG)
+        for i, least in enumerate(smallest.stages):
+            stages = [s.stages[i] for s in specs]
+            assert least.depth == min(st.depth for st in stages)
+            assert least.radix == min(st.radix for st in stages)
+            same = [st for st in stages if st.radix == least.radix]
+            assert least.cardinality == min(st.cardinality for st in same)
+            assert least.width == min(st.width for st in same), region.label
+        if index:
+            assert region.violations(CONFIG, regions[index - 1].smallest(CONFIG)) == []
+    if len(regions) > 1:  # the first phase of every schedule leaves radix at most its families
+        assert regions[0].violations(CONFIG, CONFIG.smallest()) != []
+
+
+def test_a_sandwich_step_in_a_phase_trains_that_phase_s_sub_networks() -> None:
+    labels = torch.arange(16) % 10
+    for region in (*SCHEDULES["ofa"], *SCHEDULES["family-first"]):
+        supernet = _randomized()
+        optimizer = torch.optim.SGD(supernet.parameters(), lr=0.05)
+        result = sandwich_step(supernet, (_images(16, 0), labels), optimizer,
+                               np.random.default_rng(7), n_random=3, region=region)
+        assert result.specs[:2] == (CONFIG.largest(), region.smallest(CONFIG))
+        assert all(_outside(region, CONFIG, s) == [] for s in result.specs), region.label
+        assert all(np.isfinite(result.losses))
+
+
+def test_without_shrinking_the_draws_are_unchanged() -> None:
+    """The whole region draws what the supernet always drew, draw for draw, and the sandwich
+    without a region is the one before shrinking existed."""
+    assert schedule("off") == (WHOLE,) and SupernetTrainConfig().shrink == "off"
+    assert WHOLE.smallest(CONFIG) == CONFIG.smallest()
+    a, b = np.random.default_rng(11), np.random.default_rng(11)
+    assert [WHOLE.sample(CONFIG, a) for _ in range(50)] == [CONFIG.sample(b) for _ in range(50)]
+    assert a.integers(1 << 30) == b.integers(1 << 30)
+    labels = torch.arange(16) % 10
+    results = []
+    for region in (None, WHOLE):
+        supernet = _randomized()
+        optimizer = torch.optim.SGD(supernet.parameters(), lr=0.05)
+        results.append(sandwich_step(supernet, (_images(16, 0), labels), optimizer,
+                                     np.random.default_rng(7), n_random=2, region=region))
+    rng = np.random.default_rng(7)
+    assert results[0].specs == (CONFIG.largest(), CONFIG.smallest(), CONFIG.sample(rng),
+                                CONFIG.sample(rng))
+    assert results[0] == results[1]
+
+
+def test_phases_take_equal_shares_of_the_steps() -> None:
+    for total in (1, 4, 5, 9, 37, 1000):
+        phases = [phase_of(step, total, 5) for step in range(total)]
+        assert phases == sorted(phases) and phases[0] == 0
+        if total >= 5:  # every phase has its share, the last step the whole space
+            assert set(phases) == set(range(5))
+            counts = [phases.count(p) for p in range(5)]
+            assert max(counts) - min(counts) <= 1, (total, counts)
+    assert [phase_of(s, 9, 1) for s in range(9)] == [0] * 9
+
+
+@pytest.mark.parametrize("value", ["fast", "OFA", "", None, 1, True])
+def test_a_bad_schedule_is_one_line_naming_the_option_and_the_choices(value: object) -> None:
+    with pytest.raises(UserError) as err:
+        SupernetTrainConfig(shrink=value)  # type: ignore[arg-type]
+    assert str(err.value) == f"shrink must be one of off, ofa, family-first, got {value!r}"
+    with pytest.raises(UserError, match=r"^--supernet-shrink must be one of off, ofa, "):
+        schedule(value, "--supernet-shrink")
+    with pytest.raises(UserError, match="radix must be one of largest, families, all"):
+        Region(radix="some")

@@ -22,6 +22,7 @@ from nas.supernet.trainer import (
     load_state,
     load_supernet,
     read_manifest,
+    resume_check,
     train_loop,
 )
 from search_spaces.errors import UserError
@@ -93,6 +94,61 @@ def test_checkpoint_and_resume_equal_an_uninterrupted_run(tmp_path: Path) -> Non
     assert _same(supernet.state_dict(), a["supernet"])
 
 
+def test_a_resume_in_the_middle_of_a_shrinking_phase_equals_an_uninterrupted_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """3 epochs of 3 steps over OFA's 5 phases: steps 0-8 are in phases 0 0 1 | 1 2 2 | 3 3 4,
+    so epoch 2 starts in the middle of phase 1 (elastic depth)."""
+    base = tiny_job(epochs=3)
+    job = SupernetJob(base.target, base.supernet,
+                      SupernetTrainConfig(**{**base.train.__dict__, "max_batches": 3,
+                                             "shrink": "ofa"}))
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train_loop({"job": job.to_dict(), "out": str(whole)})
+    train_loop({"job": job.to_dict(), "out": str(parts), "stop_after": 1})
+    torch.manual_seed(999)
+    train_loop({"job": job.to_dict(), "out": str(parts)})
+    a, b = _state(whole), _state(parts)
+    for key in ("supernet", "optimizer", "scheduler", "rng", "job"):
+        assert _same(a[key], b[key]), key
+    curve = read_manifest(parts).curve
+    assert _without_time(read_manifest(whole).curve) == _without_time(curve)
+    assert [r["shrink_phase"] for r in curve] == ["depth", "depth+width", "all"]
+    stored = json.loads(SupernetDir(parts).manifest.read_text())["job"]["train"]
+    assert stored["shrink"] == "ofa" and read_manifest(parts).job.train.shrink == "ofa"
+    # Shrinking changes the training; without it the curve has no phases.
+    off = SupernetJob(job.target, job.supernet,
+                      SupernetTrainConfig(**{**job.train.__dict__, "shrink": "off"}))
+    train_loop({"job": off.to_dict(), "out": str(tmp_path / "off"), "stop_after": 1})
+    assert not _same(_state(tmp_path / "off")["supernet"], _state(whole)["supernet"])
+    assert "shrink_phase" not in read_manifest(tmp_path / "off").curve[0]
+    # The CLI resumes it with its schedule, and refuses another.
+    assert train_main(["--no-ray", "--out", str(parts), "--resume", "--shrink", "off"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shrink gives 'off', the checkpoint has 'ofa'" in err
+
+
+def test_a_manifest_without_a_schedule_is_one_trained_without_shrinking(tmp_path: Path) -> None:
+    """Supernets trained before `shrink` existed load and resume as `off`."""
+    train_loop({"job": tiny_job(1).to_dict(), "out": str(tmp_path)})
+    files = SupernetDir(tmp_path)
+    data = json.loads(files.manifest.read_text())
+    assert data["job"]["train"].pop("shrink") == "off"
+    files.manifest.write_text(json.dumps(data))
+    assert read_manifest(tmp_path).job == tiny_job(1)
+    assert resume_check(tmp_path, tiny_job(1)) is not None
+
+
+def test_the_search_trains_its_supernet_with_the_schedule_given() -> None:
+    from nas.search.cli import build_parser, estimator_config
+
+    def train_settings(*flags: str) -> SupernetTrainConfig:
+        args = build_parser().parse_args(["--estimator", "supernet", *flags])
+        return SupernetTrainConfig(**estimator_config(args, "small")[0]["train"])
+
+    assert train_settings("--supernet-shrink", "family-first").shrink == "family-first"
+    assert train_settings().shrink == "off"
+
+
 def test_a_job_of_other_settings_is_not_resumed(tmp_path: Path) -> None:
     train_loop({"job": tiny_job(1).to_dict(), "out": str(tmp_path)})
     other = tiny_job(1)
@@ -124,7 +180,7 @@ def test_help_states_every_default() -> None:
     for flag in ("--epochs", "--batch-size", "--lr", "--weight-decay", "--warmup-epochs",
                  "--n-random", "--max-batches", "--calib-batches", "--seed", "--workers",
                  "--cpus-per-worker", "--max-failures", "--device", "--image-size",
-                 "--train-fraction", "--data", "--space", "--preset"):
+                 "--train-fraction", "--data", "--space", "--preset", "--shrink"):
         assert "default" in helps[flag], helps[flag]
 
 
@@ -139,6 +195,7 @@ BAD_TRAIN = [
     (["--lr", "nan"], "finite"),
     (["--train-fraction", "1.5"], "--train-fraction must be in (0, 1]"),
     (["--n-random", "-1"], "--n-random must be an integer >= 0"),
+    (["--shrink", "fast"], "--shrink must be one of off, ofa, family-first, got 'fast'"),
     (["--workers", "0"], "--workers must be >= 1"),
     (["--no-ray", "--workers", "2"], "--no-ray trains in this process"),
     (["--gpu"] if not torch.cuda.is_available() else ["--gpu", "--workers", "99"], "GPU"),
@@ -304,6 +361,9 @@ BAD_SEARCH = [
     (["--finetune", "-1"], "--finetune must be >= 0"),
     (["--finetune-from", "nowhere"], "--finetune-from must be inherited or scratch"),
     (["--supernet-epochs", "0"], "--supernet-epochs must be positive"),
+    (["--supernet-shrink", "fast"],
+     "--supernet-shrink must be one of off, ofa, family-first, got 'fast'"),
+    (["--supernet", "{supernet}", "--supernet-shrink", "ofa"], "give one of them"),
     (["--objectives", "accuracy,latency"], "predict it with --latency-table"),
 ]
 
@@ -332,6 +392,7 @@ def test_bad_supernet_search_inputs_are_refused_in_one_line_and_write_nothing(
 
 
 @pytest.mark.parametrize("flag", [["--supernet", "x"], ["--supernet-epochs", "2"],
+                                  ["--supernet-shrink", "ofa"],
                                   ["--finetune", "1"], ["--finetune-from", "scratch"]])
 def test_supernet_flags_need_the_supernet_estimator(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                     flag: list[str]) -> None:

@@ -49,6 +49,7 @@ from nas.search.controller import CONSTRAINT_COLUMNS, SearchController, adapt_to
 from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
 from nas.search.recovery import check_same_experiment
 from nas.search.strategy import PRUNERS, SAMPLERS, make_pruner, make_sampler
+from nas.supernet.shrink import SCHEDULES, schedule
 from nas.supernet.train import train_supernet
 from nas.supernet.trainer import read_manifest, resume_check
 from search_spaces.cli import OneLineParser, run_cli
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --estimator supernet: epochs of the supernet the search trains "
                         f"(default {supernet_estimator.SUPERNET_EPOCHS}; --smoke "
                         f"{supernet_estimator.SMOKE_SUPERNET['epochs']} of 3 batches)")
+    p.add_argument("--supernet-shrink", default=None, metavar="|".join(SCHEDULES),
+                   help="with --estimator supernet: progressive shrinking of the supernet the "
+                        "search trains (python -m nas.supernet.train --shrink) (default off)")
     p.add_argument("--finetune", type=int, default=None, metavar="K",
                    help="with --estimator supernet: then train the estimated front's best K per "
                         "candidate and report the front on those (default 0; may change on "
@@ -245,6 +249,7 @@ def estimator_config(args: argparse.Namespace,
         raise UserError(f"unknown estimator {args.estimator!r}; valid estimators: "
                         f"{', '.join(ESTIMATORS)}")
     flags = (("--supernet", args.supernet), ("--supernet-epochs", args.supernet_epochs),
+             ("--supernet-shrink", args.supernet_shrink),
              ("--finetune", args.finetune), ("--finetune-from", args.finetune_from))
     if args.estimator == "train":
         given = [flag for flag, value in flags if value is not None]
@@ -254,9 +259,12 @@ def estimator_config(args: argparse.Namespace,
     if preset != supernet_estimator.SUPPORTED_PRESET:
         raise UserError(f"--estimator supernet: the supernet covers the "
                         f"{supernet_estimator.SUPPORTED_PRESET} preset only, not {preset}")
-    if args.supernet is not None and args.supernet_epochs is not None:
-        raise UserError("--supernet-epochs sets the supernet the search trains; --supernet DIR "
-                        "reuses a trained one: give one of them")
+    for flag, value in flags[1:3]:
+        if args.supernet is not None and value is not None:
+            raise UserError(f"{flag} sets the supernet the search trains; --supernet DIR "
+                            "reuses a trained one: give one of them")
+    if args.supernet_shrink is not None:
+        schedule(args.supernet_shrink, "--supernet-shrink")
     _positive("--supernet-epochs", args.supernet_epochs)
     if args.finetune is not None and args.finetune < 0:
         raise UserError(f"--finetune must be >= 0, got {args.finetune}")
@@ -269,6 +277,8 @@ def estimator_config(args: argparse.Namespace,
     supernet: dict[str, Any] = {
         "dir": str(Path(args.supernet).resolve()) if args.supernet is not None else None,
         "train": {"epochs": epochs, "seed": args.seed, **smoke}}
+    if args.supernet_shrink is not None:
+        supernet["train"]["shrink"] = args.supernet_shrink
     return supernet, args.finetune or 0, finetune_from
 
 
@@ -704,6 +714,8 @@ FIXED_ON_RESUME: tuple[tuple[str, str, Setting, str], ...] = (
     ("--supernet", "supernet", lambda c: c.supernet.get("dir") or "(its own)", ""),
     ("--supernet-epochs", "supernet_epochs",
      lambda c: c.supernet.get("train", {}).get("epochs"), ""),
+    ("--supernet-shrink", "supernet_shrink",
+     lambda c: c.supernet.get("train", {}).get("shrink", "off"), ""),
     ("--finetune-from", "finetune_from", lambda c: c.finetune_from, ""),
     ("--smoke", "smoke", lambda c: f"epochs {c.epochs}", "epochs"),
     ("--smoke", "smoke", lambda c: f"image size {c.image_size}", "image_size"),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from nas.supernet.config import SupernetConfig
+from nas.supernet.shrink import SCHEDULES
 from nas.supernet.trainer import (
     SupernetDir,
     SupernetJob,
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random sub-networks per step besides the largest and the smallest")
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=DEFAULTS.distill,
                    help="train the smaller sub-networks on the largest's predictions")
+    p.add_argument("--shrink", default=DEFAULTS.shrink, metavar="|".join(SCHEDULES),
+                   help="progressive shrinking: the smallest and random sub-networks come from "
+                        "a part of the space that opens in equal shares of the steps; ofa: the "
+                        "largest, then depth, width, cardinality, radix; family-first: each radix "
+                        "family's largest, then depth, width, cardinality, every radix "
+                        f"(default: {DEFAULTS.shrink}, the whole space from the start)")
     p.add_argument("--max-batches", type=int, default=None,
                    help=f"steps per epoch at most, 0 for the whole train split (default: 0; "
                         f"--smoke {SMOKE['max_batches']})")
@@ -131,11 +138,11 @@ def job_from_args(args: argparse.Namespace) -> SupernetJob:
             lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
             n_random=args.n_random, distill=args.distill, seed=args.seed,
             max_batches=pick("max_batches", DEFAULTS.max_batches),
-            calib_batches=pick("calib_batches", DEFAULTS.calib_batches))
+            calib_batches=pick("calib_batches", DEFAULTS.calib_batches), shrink=args.shrink)
     except UserError as err:  # name the flag, not the field
         text = str(err)
         for f in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "n_random",
-                  "max_batches", "calib_batches", "seed"):
+                  "max_batches", "calib_batches", "seed", "shrink"):
             if text.startswith(f + " "):
                 text = "--" + f.replace("_", "-") + text[len(f):]
                 break
@@ -200,7 +207,8 @@ RESUMED = {"space": ("target", "space"), "preset": ("target", "preset"),
            "weight_decay": ("train", "weight_decay"),
            "warmup_epochs": ("train", "warmup_epochs"), "n_random": ("train", "n_random"),
            "distill": ("train", "distill"), "max_batches": ("train", "max_batches"),
-           "calib_batches": ("train", "calib_batches"), "seed": ("train", "seed")}
+           "calib_batches": ("train", "calib_batches"), "seed": ("train", "seed"),
+           "shrink": ("train", "shrink")}
 
 
 def resumed_job(out: Path, args: argparse.Namespace, given: set[str]) -> SupernetJob:

@@ -14,8 +14,12 @@ conventions (`trials.training`): SGD with Nesterov momentum, weight decay on con
 weights only, a linear warm-up then cosine schedule per step, the dataset's own augmentation, and
 randomness only from the seed and the epoch number (the epoch's data generator, sub-network draws
 and torch's global RNG are seeded at the epoch's start), so `2 epochs + resume 1` equals
-`3 epochs` exactly on CPU. After each epoch the largest and the smallest sub-networks are scored
-on validation with BN statistics recalibrated on training batches (`inherited_accuracy`).
+`3 epochs` exactly on CPU. With progressive shrinking (`shrink`, `nas.supernet.shrink`) the
+smallest and random sub-networks come from the part of the space open at that step, a function
+of the step's index in the whole training (a resumed run opens the space as an uninterrupted one
+does; `train_loss_smallest` is then the open part's smallest). After each epoch the largest and
+the whole space's smallest sub-networks are scored on validation with BN statistics
+recalibrated on training batches (`inherited_accuracy`).
 
 The checkpoint directory (`SupernetDir`): `supernet.json`, the manifest (format, the job, the
 finished epoch, its curve and the name of the state file), and `supernet-epochNNNN.pt` (supernet
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 
 from nas.supernet.config import SupernetConfig
+from nas.supernet.shrink import phase_of, schedule
 from nas.supernet.supernet import Supernet
 from nas.supernet.training import recalibrate_bn, sandwich_step
 from search_spaces.errors import UserError
@@ -73,8 +78,10 @@ class SupernetTrainConfig:
     max_batches: int = 0  # steps per epoch at most (0: the whole train split)
     calib_batches: int = 16  # training batches each evaluated sub-network's BN is estimated on
     eval_batch_size: int = 512
+    shrink: str = "off"  # progressive shrinking's schedule (nas.supernet.shrink.SCHEDULES)
 
     def __post_init__(self) -> None:
+        schedule(self.shrink)
         for name in ("epochs", "batch_size", "eval_batch_size", "calib_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -351,10 +358,16 @@ class SupernetTrainer:
         optimizer: Any = self.optimizer
         if self.world_size > 1:
             optimizer = _AveragingOptimizer(self.optimizer, self.world_size)
+        regions = schedule(cfg.shrink)
+        total = cfg.epochs * self.steps_per_epoch
         largest, smallest, steps = 0.0, 0.0, 0
+        region = None  # the whole space, drawn as without shrinking
         for x, y in self._batches():
+            if len(regions) > 1:
+                step = (epoch - 1) * self.steps_per_epoch + steps
+                region = regions[phase_of(step, total, len(regions))]
             result = sandwich_step(self.supernet, (x, y), optimizer, rng, cfg.n_random,
-                                   cfg.distill)
+                                   cfg.distill, region)
             self.scheduler.step()
             largest += result.losses[0]
             smallest += result.losses[1]
@@ -366,6 +379,8 @@ class SupernetTrainer:
                                   "train_loss_largest": largest / max(steps, 1),
                                   "train_loss_smallest": smallest / max(steps, 1),
                                   "lr": self.optimizer.param_groups[0]["lr"]}
+        if region is not None:
+            record["shrink_phase"] = region.label  # the open part at the epoch's last step
         if self.rank == 0:
             calibration = calibration_batches(self.data, cfg.batch_size, cfg.calib_batches,
                                               self.device)

@@ -5,8 +5,9 @@ the smallest and `n_random` random covered ones, each on the largest's softened 
 (in-place distillation; the teacher's outputs are detached), and applies one optimizer step to
 the gradients of all of them. With the small preset the largest is all softmax (radix 4) and the
 smallest all plain (radix 0), so the sigmoid family (radix 1) learns from the random draws only.
-Randomness comes only from the numpy Generator passed in (and, if the supernet's dropout is above
-0, torch's default generator inside dropout).
+Progressive shrinking passes a `nas.supernet.shrink.Region`: the smallest and the random draws
+are then that open part's. Randomness comes only from the numpy Generator passed in (and, if the
+supernet's dropout is above 0, torch's default generator inside dropout).
 
 `recalibrate_bn` re-estimates one sub-network's BatchNorm statistics on training batches: the
 statistics are reset and averaged over all batches with equal weight (torch's cumulative moving
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.supernet.shrink import Region
 from nas.supernet.supernet import Supernet
 from search_spaces.errors import UserError
 from search_spaces.spec import ArchSpec
@@ -41,8 +43,9 @@ class SandwichResult:
 
 def sandwich_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor],
                   optimizer: torch.optim.Optimizer, rng: np.random.Generator, n_random: int = 2,
-                  distill: bool = True) -> SandwichResult:
-    """One optimizer step on the largest, the smallest and `n_random` random sub-networks.
+                  distill: bool = True, region: Region | None = None) -> SandwichResult:
+    """One optimizer step on the largest, the smallest and `n_random` random sub-networks; with
+    a `region` (progressive shrinking) the smallest and the random ones are the region's.
 
     Their gradients are zero on every stored entry none of them uses; an optimizer with weight
     decay or momentum still moves such entries (within a tensor some sub-network used), plain SGD
@@ -59,8 +62,12 @@ def sandwich_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor],
     loss = F.cross_entropy(logits, labels)
     loss.backward()
     teacher = torch.softmax(logits.detach(), dim=1)
-    specs = [largest, supernet.smallest(), *(supernet.sample_covered(rng)
-                                              for _ in range(n_random))]
+    if region is None:
+        specs = [largest, supernet.smallest(), *(supernet.sample_covered(rng)
+                                                  for _ in range(n_random))]
+    else:
+        specs = [largest, region.smallest(supernet.config),
+                 *(region.sample(supernet.config, rng) for _ in range(n_random))]
     losses = [loss.item()]
     for spec in specs[1:]:
         # Soft-target cross-entropy: the gradient of KL(teacher || student).
