@@ -55,6 +55,7 @@ COLUMNS = ("tag", "seed", "kind", "spec", "params", "macs", "latency_ms", "curve
            "test_top1", "train_s", "epochs", "data", "image_size", "train_fraction", "command")
 _SEARCH = build_parser()  # the quick start's own defaults
 DATA, BATCH_SIZE = _SEARCH.get_default("data"), _SEARCH.get_default("batch_size")
+SLICE = 60  # the slice's rows (--slice)
 SLICE_SEED = 20  # the slice's samples: sample I comes from default_rng((SLICE_SEED, I))
 
 
@@ -161,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="samples also trained with the other seeds (default: 30)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="training seeds (default: 0 1 2)")
-    p.add_argument("--slice", type=int, default=60,
+    p.add_argument("--slice", type=int, default=SLICE,
                    help="uniform samples with the default supernet's fixed axes, first seed "
-                   "only (default: 60)")
+                   f"only (default: {SLICE})")
     p.add_argument("--no-hand", dest="hand", action="store_false",
                    help="leave out the hand-designed family")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"],
@@ -195,4 +196,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["COLUMNS", "SLICE_SEED", "TABLE", "jobs", "read_table", "slice_spec", "train_row"]
+__all__ = ["COLUMNS", "SLICE", "SLICE_SEED", "TABLE", "jobs", "read_table", "slice_spec",
+           "train_row"]

@@ -10,6 +10,15 @@ strategy's sampler and pruner, given a compute budget instead of a trial count:
 `--no-anchor` gives the ablations without the cheapest corner. Random search and the
 hand-designed family are also read off ResNeSt-Bench without training (`bench.table_search`).
 
+The supernet path (issue 20, item 5; `--strategies supernet --supernet DIR`) is the search with
+`--estimator supernet --supernet DIR --finetune K`: `--estimated` proposals (TPE, the anchor as
+above) scored with the inherited weights of DIR, a supernet `bench.supernet_ranking` trained (its
+training MAC-epochs, counted exactly there, are the run's first compute), then the estimated
+front's best K trained for the search's epochs from the inherited weights (or from scratch,
+`--finetune-from scratch`) without pruning, each adding its MAC-epochs. The hypervolume is that
+of the fine-tuned trials only (trained accuracies, never estimates). Scoring is forward-only and
+not in the compute (nor is any search's validation); its seconds and images are recorded.
+
 Each run drives the search's own controller (`nas.search.cli.make_controller`, the study as
 `open_study` opens it, trials.csv) and trains every proposal for real with `trials.trial.Trial`,
 serially in one process with one torch thread: counting compute (not seconds) makes the budget
@@ -21,6 +30,8 @@ one and starts unfinished ones afresh, so the bench resumes run by run.
     python -m bench.search_efficiency --jobs 2 --seeds 1 2 3 4 5 --out runs/evidence
     python -m bench.search_efficiency --jobs 2 --seeds 1 2 3 4 5 --no-anchor --out runs/evidence
     python -m bench.efficiency_report --out runs/evidence          # table, targets, plot
+    python -m bench.search_efficiency --strategies supernet --finetune 4 --jobs 1 --seeds 1 2 3 \
+        --supernet runs/supernet-ranking/epochs8 --out runs/supernet-evidence
     python -m bench.search_efficiency --smoke --seeds 0 --out /tmp/eff-smoke
 """
 
@@ -40,6 +51,7 @@ import optuna
 import torch
 
 from bench.front_quality import macs_range, normalised_hypervolume
+from bench.supernet_ranking import training_compute
 from nas.search.cli import (
     build_parser,
     config_from_args,
@@ -47,7 +59,15 @@ from nas.search.cli import (
     make_controller,
     open_study,
 )
+from nas.search.estimator import (
+    SupernetScorer,
+    covered_space,
+    prepare_finetune,
+    run_estimated,
+    supernet_config_of,
+)
 from nas.search.objectives import parse_objectives
+from nas.supernet.trainer import read_manifest
 from search_spaces import get_space
 from trials.data import describe
 from trials.trial import Trial
@@ -57,6 +77,7 @@ STRATEGIES: dict[str, tuple[str, str]] = {  # name -> (sampler, pruner)
     "default": ("tpe", "pareto"),
     "random": ("random", "none"),
     "tpe_sha": ("tpe", "sha"),
+    "supernet": ("tpe", "pareto"),  # estimator supernet; its fine-tuning is never pruned
 }
 # 0.5 G MAC-epochs: the anchor and 7-15 more trials of the default search at 16 px, 4 full-
 # fidelity uniform samples of the small space (mean about 31 MMACs), or 57 trainings of its
@@ -70,9 +91,12 @@ SMOKE_FLAGS = ("--image-size", "8", "--train-fraction", "0.05")
 
 def run_key(run: dict[str, Any]) -> str:
     """Strategy name, suffixed `_noanchor` for a TPE run without the cheapest-corner anchor."""
+    key = run["strategy"]
+    if key == "supernet":
+        key += f"_k{run['finetune']}" + ("_scratch" if run["finetune_from"] == "scratch" else "")
     if run.get("anchor") is False and run.get("sampler") != "random":
-        return f"{run['strategy']}_noanchor"
-    return run["strategy"]
+        return f"{key}_noanchor"
+    return key
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,17 +116,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
     p.add_argument("--out", type=Path, default=Path("runs/evidence"))
     p.add_argument("--smoke", action="store_true", help="8 px, 5%% of train, for the tests")
-    return p.parse_args(argv)
+    p.add_argument("--supernet", type=Path, default=None, metavar="DIR",
+                   help="the supernet strategy's trained supernet (bench.supernet_ranking)")
+    p.add_argument("--finetune", type=int, default=4, help="supernet: the estimated front's "
+                   "best K trained per candidate (default 4)")
+    p.add_argument("--finetune-from", default="inherited", choices=("inherited", "scratch"))
+    p.add_argument("--estimated", type=int, default=build_parser().get_default("trials"),
+                   help="supernet: proposals scored with inherited weights (default: the "
+                        "search's --trials)")
+    args = p.parse_args(argv)
+    if "supernet" in args.strategies and args.supernet is None:
+        p.error("--strategies supernet needs --supernet DIR")
+    return args
 
 
 def search_flags(strategy: str, seed: int, args: argparse.Namespace, exp: Path) -> list[str]:
     """The `nas.search` command line that this run is (without `--trials`'s budget semantics)."""
     sampler, pruner = STRATEGIES[strategy]
     anchored = args.anchor and sampler != "random"
+    trials = args.estimated if strategy == "supernet" else args.max_trials
     flags = ["--sampler", sampler, "--pruner", pruner, "--seed", str(seed),
-             "--out", str(exp.parent), "--name", exp.name, "--trials", str(args.max_trials),
+             "--out", str(exp.parent), "--name", exp.name, "--trials", str(trials),
              "--time-budget", NO_CLOCK,
              "--anchor" if anchored else "--no-anchor", *args.search_flags.split()]
+    if strategy == "supernet":
+        flags += ["--estimator", "supernet", "--supernet", str(args.supernet),
+                  "--finetune", str(args.finetune), "--finetune-from", args.finetune_from]
     return flags + list(SMOKE_FLAGS) if args.smoke else flags
 
 
@@ -112,7 +151,8 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = STRATEGIES[strategy]
     anchored = args.anchor and sampler != "random"
-    key = run_key({"strategy": strategy, "sampler": sampler, "anchor": anchored})
+    key = run_key({"strategy": strategy, "sampler": sampler, "anchor": anchored,
+                   "finetune": args.finetune, "finetune_from": args.finetune_from})
     path = args.out / f"{key}-s{seed}.json"
     if path.exists():
         return path
@@ -126,6 +166,8 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
                      in_channels=shape.in_channels)
     objectives = parse_objectives(list(config.objectives))
     space = get_space(config.space, config.preset)
+    if strategy == "supernet":  # the sampler proposes what the supernet covers
+        space = covered_space(supernet_config_of(config), config.space)
     study = open_study(config, exp, objectives, resume=False)
     ctrl = make_controller(config, exp, study, space, objectives, cost_function(config),
                            resume=False)
@@ -134,7 +176,13 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     compute, epochs, started, train_s = 0.0, 0, time.perf_counter(), 0.0
     history: list[tuple[float, int, float]] = [(0.0, 0, 0.0)]
     test: dict[str, float] = {}
-    while compute < args.budget and (proposal := ctrl.next_trial()) is not None:
+    supernet: dict[str, Any] = {}
+    budget = args.budget
+    if strategy == "supernet":
+        supernet = estimate(ctrl, config, exp, args.supernet)
+        compute, budget = supernet["train_mac_epochs"], float("inf")  # ends when K are trained
+        history.append((compute, 0, 0.0))
+    while compute < budget and (proposal := ctrl.next_trial()) is not None:
         trial_id, trial_cfg = proposal
         try:
             trial = Trial(TrialConfig.from_dict(trial_cfg), threads=1, include_test=True)
@@ -148,34 +196,56 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
             train_s += last["epoch_seconds"]
             if ctrl.on_result(trial_id, last):
                 break
-            if compute >= args.budget and not trial.done:
+            if compute >= budget and not trial.done:
                 ctrl.pruned[trial_id] = "stopped: compute budget spent"
                 break
         if trial.done:
             test[trial_id] = float(trial.trainer.evaluate("test")["top1"])
         ctrl.on_complete(trial_id, last)
-        front = [(r.accuracy, r.costs["macs"]) for r in ctrl.front()]
+        front = [(r.accuracy, r.costs["macs"]) for r in ctrl.front("train")]
         history.append((compute, epochs, normalised_hypervolume(front, low, high)))
-    if compute < args.budget:  # the controller stopped proposing: say why, keep nothing
+    if not supernet and compute < budget:  # the controller stopped proposing: say why
         raise RuntimeError(f"{key} seed {seed} ended at {compute:.3g} of {args.budget:.3g} "
                            f"MAC-epochs after {ctrl.launched} trials (--max-trials "
                            f"{args.max_trials}?)")
     result = {
         "strategy": strategy, "seed": seed, "sampler": sampler, "pruner": pruner,
-        "anchor": anchored, "flags": flags, "budget": args.budget, "compute": compute,
+        "anchor": anchored, "flags": flags, "budget": budget if supernet == {} else None,
+        "compute": compute, "finetune": args.finetune, "finetune_from": args.finetune_from,
+        "supernet": supernet or None,
         "epochs_spent": epochs, "history": history, "macs_range": [low, high],
         "image_size": config.image_size, "data": config.data,
         "train_fraction": config.train_fraction, "epochs": config.epochs,
         "reduction_factor": getattr(study.pruner, "reduction_factor", None),
         "first_rung": getattr(study.pruner, "min_resource", None),
         "wall_s": time.perf_counter() - started, "train_s": train_s, "counts": ctrl.counts(),
-        "front": [_summary(r, test) for r in ctrl.front()],
+        "front": [_summary(r, test) for r in ctrl.front("train")],
         "trials": [_summary(r, test) for r in ctrl.records.values()],
     }
     path.write_text(json.dumps(result, indent=1))
     print(f"{key} seed {seed}: {compute / 1e9:.3f} G MAC-epochs, {epochs} epochs, "
           f"hv {history[-1][2]:.4f}, {result['counts']}, {result['wall_s']:.0f}s", flush=True)
     return path
+
+
+def estimate(ctrl: Any, config: Any, exp: Path, directory: Path) -> dict[str, Any]:
+    """The supernet path's estimator phase: score the proposals with the inherited weights of
+    `directory`, then queue the estimated front's best K for fine-tuning (as `nas.search` does);
+    what it spent."""
+    manifest = read_manifest(directory)
+    start = time.perf_counter()
+    scorer = SupernetScorer(directory)
+    run_estimated(ctrl, scorer)
+    seconds = time.perf_counter() - start
+    scored = sum(r.estimator == "supernet" for r in ctrl.records.values())
+    per_spec = sum(len(x) for x in scorer.calibration) + len(scorer.data.val)
+    estimated = ctrl.front("supernet")
+    if not prepare_finetune(ctrl, config, exp, []):
+        raise RuntimeError(f"nothing to fine-tune in {exp}")
+    return {"dir": str(directory), "train_mac_epochs": training_compute(directory),
+            "train_s": manifest.seconds, "job": manifest.job.to_dict(), "score_s": seconds,
+            "scored": scored, "score_forward_images": scored * per_spec,
+            "estimated_front": [_summary(r, {}) for r in estimated]}
 
 
 def _summary(r: Any, test: dict[str, float]) -> dict[str, Any]:
@@ -198,4 +268,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DEFAULT_BUDGET", "STRATEGIES", "run_key", "run_one"]
+__all__ = ["DEFAULT_BUDGET", "STRATEGIES", "estimate", "run_key", "run_one"]
