@@ -610,8 +610,10 @@ def _estimate(config: ExperimentConfig, exp: Path, controller: Any,
         job = supernet_estimator.supernet_job(config)
         manifest = resume_check(directory, job)
         if manifest is None or not manifest.complete:
-            print(f"training the supernet: {job.train.epochs} epochs on a Ray Train worker -> "
-                  f"{directory}", flush=True)
+            shrink = "" if job.train.shrink == "off" else (
+                f" (progressive shrinking: {job.train.shrink})")
+            print(f"training the supernet: {job.train.epochs} epochs{shrink} on a Ray Train "
+                  f"worker -> {directory}", flush=True)
             directory.mkdir(parents=True, exist_ok=True)
             train_supernet(job, directory, workers=1, use_gpu=runtime["gpus_per_trial"] > 0,
                            cpus_per_worker=max(1.0, runtime["cpus_per_trial"]),
