@@ -53,6 +53,7 @@ import torch
 from bench.front_quality import macs_range, normalised_hypervolume
 from bench.supernet_ranking import training_compute
 from nas.search.cli import (
+    DEFAULTS,
     build_parser,
     config_from_args,
     cost_function,
@@ -121,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune", type=int, default=4, help="supernet: the estimated front's "
                    "best K trained per candidate (default 4)")
     p.add_argument("--finetune-from", default="inherited", choices=("inherited", "scratch"))
-    p.add_argument("--estimated", type=int, default=build_parser().get_default("trials"),
+    p.add_argument("--estimated", type=int, default=DEFAULTS["trials"],
                    help="supernet: proposals scored with inherited weights (default: the "
                         "search's --trials)")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ import pytest
 
 from bench import search_efficiency, supernet_cost, supernet_ranking
 from bench.resnest_bench import slice_spec
+from nas.search.cli import DEFAULTS
 from nas.supernet.config import SupernetConfig
 from search_spaces import counts
 from search_spaces.hand_designed import hand_designed
@@ -48,6 +49,20 @@ def test_it_scores_the_slice_and_every_covered_row_only() -> None:
     specs = supernet_ranking.covered_specs(table, SupernetConfig(), 3)
     assert specs == {"slice:0": slice_spec(0), "slice:1": slice_spec(1),
                      "slice:2": slice_spec(2), "resnest:7": covered}
+
+
+def test_more_tables_add_rows_and_the_first_wins(tmp_path: Path) -> None:
+    spec = slice_spec(0)
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    rows = [_row("slice:0", spec, 0.7), _row("slice:1", slice_spec(1), 0.8)]
+    for path, part in ((first, rows[:1]), (second, [_row("slice:0", spec, 0.1), rows[1]])):
+        frame = pd.DataFrame(part)
+        frame["curve"] = frame["curve"].map(json.dumps)
+        frame.to_csv(path, index=False)
+    table = supernet_ranking.read_tables([first, second, tmp_path / "missing.csv"])
+    assert table is not None and list(zip(table["tag"], table["val_top1"], strict=True)) == [
+        ("slice:0", 0.7), ("slice:1", 0.8)]
+    assert supernet_ranking.read_tables([tmp_path / "missing.csv"]) is None
 
 
 def _synthetic(n: int = 40) -> tuple[pd.DataFrame, list[dict]]:
@@ -89,10 +104,18 @@ def test_the_report_waits_for_covered_rows() -> None:
     assert "no supernet records yet" in supernet_ranking.report(table, [])
 
 
+def test_the_supernet_path_scores_as_many_as_the_search_trains() -> None:
+    args = search_efficiency.parse_args(["--strategies", "supernet", "--supernet", "x"])
+    assert args.estimated == DEFAULTS["trials"] and args.finetune == 4
+    flags = search_efficiency.search_flags("supernet", 1, args, Path("/tmp/e/x"))
+    assert flags[flags.index("--trials") + 1] == str(DEFAULTS["trials"])
+    assert "--estimator" in flags and flags[flags.index("--finetune") + 1] == "4"
+
+
 def _smoke_supernet(tmp_path: Path) -> tuple[Path, Path]:
     cache, out = tmp_path / "cache", tmp_path / "out"
     argv = ["train", "--smoke", "--recipes", "e4", "--cache", str(cache), "--out", str(out),
-            "--table", str(tmp_path / "none.csv")]
+            "--table", str(tmp_path / "none.csv")]  # no table yet: the slice alone
     assert supernet_ranking.main(argv) == 0
     return cache / supernet_ranking.RECIPES["e4"].supernet_name, out
 
