@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from bench.resnest_bench import DATA, SLICE, TABLE, slice_spec
 from bench.resnest_bench_report import load as load_table
@@ -187,19 +188,42 @@ def covered_specs(table: pd.DataFrame | None, supernet: SupernetConfig,
     return out
 
 
+@torch.no_grad()
+def val_loss(supernet: Any, spec: ArchSpec, data: Any, batch_size: int) -> float:
+    """Mean validation cross-entropy of `spec` with the BN statistics the supernet holds for it
+    (call after `inherited_accuracy`, which recalibrates them)."""
+    total, seen = 0.0, 0
+    for x, y in data.batches("val", batch_size):
+        total += float(F.cross_entropy(supernet(x, spec), y, reduction="sum"))
+        seen += len(y)
+    return total / max(seen, 1)
+
+
 def score(path: Path, specs: Mapping[str, ArchSpec], calib_batches: int
-          ) -> tuple[dict[str, float], float, int]:
-    """(tag -> inherited val top-1, seconds, forward images) for `specs` with the supernet in
-    `path`, each recalibrated on the same `calib_batches` training batches."""
+          ) -> tuple[dict[str, dict[str, float]], float, int]:
+    """(tag -> {"inherited": val top-1, "nll": minus the val cross-entropy}, seconds, forward
+    images) for `specs` with the supernet in `path`, each recalibrated on the same
+    `calib_batches` training batches. Both rank higher-is-better; the loss has no ties."""
     supernet, manifest = load_supernet(path)
     cfg = manifest.job.train
     data = job_data(manifest.job)
     calibration = calibration_batches(data, cfg.batch_size, calib_batches)
     start = time.perf_counter()
-    out = {tag: inherited_accuracy(supernet, spec, calibration, data, cfg.eval_batch_size)
-           for tag, spec in specs.items()}
-    images = len(specs) * (sum(len(x) for x in calibration) + len(data.val))
+    out = {}
+    for tag, spec in specs.items():
+        top1 = inherited_accuracy(supernet, spec, calibration, data, cfg.eval_batch_size)
+        out[tag] = {"inherited": top1,
+                    "nll": -val_loss(supernet, spec, data, cfg.eval_batch_size)}
+    images = len(specs) * (sum(len(x) for x in calibration) + 2 * len(data.val))
     return out, time.perf_counter() - start, images
+
+
+def read_tables(paths: list[Path]) -> pd.DataFrame | None:
+    """The rows of every table CSV that exists (the first holding a (tag, seed) wins)."""
+    tables = [load_table(p) for p in paths if p.exists()]
+    if not tables:
+        return None
+    return pd.concat(tables, ignore_index=True).drop_duplicates(["tag", "seed"])
 
 
 def read_records(out: Path) -> list[dict[str, Any]]:
@@ -216,7 +240,7 @@ def run_recipe(recipe: Recipe, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     spent = train_supernet(job, path)
     manifest = read_manifest(path)
-    table = load_table(args.table) if args.table.exists() else None
+    table = read_tables(args.table)
     specs = covered_specs(table, job.supernet, SMOKE_SLICE if args.smoke else SLICE)
     calib = job.train.calib_batches if args.smoke else recipe.calib_batches
     estimates, seconds, images = score(path, specs, calib)
@@ -225,9 +249,8 @@ def run_recipe(recipe: Recipe, args: argparse.Namespace) -> dict[str, Any]:
             "train_s": manifest.seconds, "train_mac_epochs": sum(spent),
             "score_s": seconds, "score_forward_images": images, "scored": len(estimates),
             "wall_s": time.perf_counter() - started, "smoke": args.smoke,
-            "estimates": {tag: {"inherited": acc, "macs": counts.macs(specs[tag],
-                                                                       job.target.image_size)}
-                          for tag, acc in estimates.items()}}
+            "estimates": {tag: {**values, "macs": counts.macs(specs[tag], job.target.image_size)}
+                          for tag, values in estimates.items()}}
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -238,14 +261,29 @@ def radix_family(spec: ArchSpec) -> str:
     return "radix 0" if top == 0 else "radix 1" if top == 1 else "radix >= 2"
 
 
-def joined(table: pd.DataFrame, record: Mapping[str, Any]) -> pd.DataFrame:
-    """The table's first-seed rows the record estimated, with its estimate and the spec's family
-    and MACs."""
+METRICS = {"inherited": "val top-1", "nll": "val loss"}  # estimates a record may hold
+
+
+def joined(table: pd.DataFrame, record: Mapping[str, Any], metric: str = "inherited"
+           ) -> pd.DataFrame:
+    """The table's first-seed rows the record estimated, with its estimate (`metric`) as
+    `inherited` and the spec's family."""
     first = table[table["seed"] == table["seed"].min()].drop_duplicates("tag")
     rows = first[first["tag"].isin(record["estimates"])].copy()
-    rows["inherited"] = rows["tag"].map(lambda t: record["estimates"][t]["inherited"])
+    rows["inherited"] = rows["tag"].map(lambda t: record["estimates"][t][metric])
     rows["family"] = rows["spec"].map(lambda s: radix_family(ArchSpec.from_json(s)))
     return rows.sort_values("tag").reset_index(drop=True)
+
+
+def candidates(table: pd.DataFrame, records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Each (recipe, metric) the records hold, by name (`e8`, `e8 by val loss`)."""
+    out = {}
+    for r in records:
+        held = set.intersection(*(set(e) for e in r["estimates"].values()))
+        for metric in [m for m in METRICS if m in held]:
+            name = r["recipe"] if metric == "inherited" else f"{r['recipe']} by {METRICS[metric]}"
+            out[name] = joined(table, r, metric)
+    return out
 
 
 def split(tags: list[str]) -> tuple[set[str], set[str]]:
@@ -287,7 +325,7 @@ def report(table: pd.DataFrame, records: list[dict[str, Any]], bins: int = 5) ->
         lines.append(f"| {r['recipe']} (calib {r['calib_batches']}) | {settings} | "
                      f"{r['train_mac_epochs'] / 1e9:.3f} | {r['train_s']:.0f} | {r['scored']} | "
                      f"{r['score_s']:.0f} |")
-    rows = {r["recipe"]: joined(table, r) for r in records}
+    rows = candidates(table, records)
     tags = sorted(set().union(*(set(j["tag"]) for j in rows.values())))
     lines += ["", f"Covered rows with a from-scratch val_top1: {len(tags)}"]
     if len(tags) < 6:
@@ -358,14 +396,19 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("command", choices=("train", "report"))
     p.add_argument("--recipes", nargs="+", default=list(DEFAULT_RECIPES), choices=list(RECIPES))
-    p.add_argument("--table", type=Path, default=TABLE, help=f"the table (default: {TABLE})")
+    p.add_argument("--table", type=Path, nargs="+", default=[TABLE],
+                   help=f"the table (default: {TABLE}); more CSVs of its form add rows, the "
+                        "first holding a (tag, seed) wins")
     p.add_argument("--cache", type=Path, default=CACHE,
                    help=f"supernet checkpoint directories (default: {CACHE})")
     p.add_argument("--out", type=Path, default=OUT, help=f"records (default: {OUT})")
     p.add_argument("--smoke", action="store_true", help="8 px, 5%% of train, 2 short epochs")
     args = p.parse_args(argv)
     if args.command == "report":
-        print(report(load_table(args.table), read_records(args.out)))
+        table = read_tables(args.table)
+        if table is None:
+            raise SystemExit(f"error: no table at {', '.join(map(str, args.table))}")
+        print(report(table, read_records(args.out)))
         return 0
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -388,5 +431,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["RECIPES", "Recipe", "covered_specs", "job_of", "protocol_target", "radix_family",
-           "report", "score", "split", "train_supernet", "training_compute"]
+__all__ = ["METRICS", "RECIPES", "Recipe", "candidates", "covered_specs", "job_of",
+           "protocol_target", "radix_family", "read_tables", "report", "score", "split",
+           "train_supernet", "training_compute", "val_loss"]
