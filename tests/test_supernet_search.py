@@ -507,6 +507,13 @@ def test_finetuning_queues_the_best_estimates_not_yet_trained(tmp_path: Path,
     assert isinstance(controller.study.pruner, optuna.pruners.NopPruner)
     with pytest.raises(UserError, match="--finetune 4 is larger than the estimated front"):
         to_finetune(controller, dataclasses.replace(config, finetune=4))
+    # The sampler proposed t0002's architecture again: it is fine-tuned once, and counted once.
+    again = dataclasses.replace(est[2], trial_id="t0004", number=4)
+    controller = _fake_controller([*est, again], [*est, again])
+    assert [r.trial_id for r in to_finetune(controller, dataclasses.replace(
+        config, finetune=3))] == ["t0001", "t0002", "t0000"]
+    with pytest.raises(UserError, match=r"estimated front \(3 architecture\(s\)\)"):
+        to_finetune(controller, dataclasses.replace(config, finetune=4))
 
 
 def test_two_ray_train_workers_train_data_parallel(tmp_path: Path) -> None:

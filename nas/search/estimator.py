@@ -185,14 +185,18 @@ def split_reruns(controller: Any) -> list[tuple[ArchSpec, str | None]]:
 
 
 def to_finetune(controller: Any, config: ExperimentConfig) -> list[TrialRecord]:
-    """The best `config.finetune` of the estimated front by estimated accuracy; more than the
-    front holds is refused in one line (the estimated trials stay)."""
-    front = controller.front("supernet")
-    if config.finetune > len(front):
+    """The best `config.finetune` architectures of the estimated front by estimated accuracy
+    (an architecture the sampler proposed twice counts once: training it twice buys nothing);
+    more than the front holds is refused in one line (the estimated trials stay)."""
+    ranked = sorted(controller.front("supernet"), key=lambda r: (-(r.accuracy or 0.0), r.number))
+    distinct: dict[str, TrialRecord] = {}
+    for r in ranked:
+        distinct.setdefault(r.spec.spec_hash, r)
+    if config.finetune > len(distinct):
         raise UserError(f"--finetune {config.finetune} is larger than the estimated front "
-                        f"({len(front)} trial(s)); nothing was fine-tuned; continue with "
-                        f"--resume --finetune {len(front)} or less")
-    return sorted(front, key=lambda r: (-(r.accuracy or 0.0), r.number))[:config.finetune]
+                        f"({len(distinct)} architecture(s)); nothing was fine-tuned; continue "
+                        f"with --resume --finetune {len(distinct)} or less")
+    return list(distinct.values())[:config.finetune]
 
 
 def prepare_finetune(controller: Any, config: ExperimentConfig, exp: Path,
