@@ -465,6 +465,25 @@ def test_a_sandwich_step_in_a_phase_trains_that_phase_s_sub_networks() -> None:
         assert all(np.isfinite(result.losses))
 
 
+def test_the_first_phase_trains_the_largest_alone() -> None:
+    """In OFA's first phase every child is the largest: distilled from itself its gradient is
+    zero, so the step is the largest's alone (and the repeats are not run)."""
+    labels = torch.arange(16) % 10
+    images = _images(16, 0)
+    first = SCHEDULES["ofa"][0]
+    shrunk, alone = _randomized(), _randomized()
+    optimizers = [torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9) for s in (shrunk, alone)]
+    result = sandwich_step(shrunk, (images, labels), optimizers[0], np.random.default_rng(0),
+                           n_random=2, region=first)
+    assert result.specs == (CONFIG.largest(),) * 4
+    alone.train()
+    torch.nn.functional.cross_entropy(alone(images, CONFIG.largest()), labels).backward()
+    optimizers[1].step()
+    for (name, a), b in zip(shrunk.named_parameters(), alone.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert result.losses[1] == result.losses[2] == result.losses[3] > 0
+
+
 def test_without_shrinking_the_draws_are_unchanged() -> None:
     """The whole region draws what the supernet always drew, draw for draw, and the sandwich
     without a region is the one before shrinking existed."""

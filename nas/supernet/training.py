@@ -47,7 +47,9 @@ def sandwich_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor],
     """One optimizer step on the largest, the smallest and `n_random` random sub-networks; with
     a `region` (progressive shrinking) the smallest and the random ones are the region's.
 
-    Their gradients are zero on every stored entry none of them uses; an optimizer with weight
+    A child that is the largest again (progressive shrinking's first phase) is not run when it
+    distils without dropout: its gradient would be zero. Their gradients are zero on every stored
+    entry none of them uses; an optimizer with weight
     decay or momentum still moves such entries (within a tensor some sub-network used), plain SGD
     does not."""
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
@@ -70,6 +72,11 @@ def sandwich_step(supernet: Supernet, batch: tuple[torch.Tensor, torch.Tensor],
                  *(region.sample(supernet.config, rng) for _ in range(n_random))]
     losses = [loss.item()]
     for spec in specs[1:]:
+        if distill and spec == largest and supernet.config.dropout == 0:
+            # The largest again (OFA's first phase): its logits are the teacher's and its
+            # gradient zero (up to rounding), so it is not run; its loss is the same.
+            losses.append(F.cross_entropy(logits.detach(), teacher).item())
+            continue
         # Soft-target cross-entropy: the gradient of KL(teacher || student).
         child = F.cross_entropy(supernet(images, spec), teacher if distill else labels)
         child.backward()
