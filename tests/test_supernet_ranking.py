@@ -89,7 +89,7 @@ def test_the_report_chooses_on_the_tuning_half_and_reports_the_other() -> None:
     table, records = _synthetic()
     text = supernet_ranking.report(table, records)
     assert "Chosen on the tuning half: **good**" in text
-    _, held = supernet_ranking.split([f"slice:{i}" for i in range(40)])
+    _, held = supernet_ranking.split([f"slice:{i}" for i in range(40)])  # every estimate's
     part = table[table["tag"].isin(held)]
     estimate = part["tag"].map(lambda t: records[1]["estimates"][t]["inherited"])
     tau = estimate.corr(part["val_top1"], method="kendall")
@@ -99,6 +99,14 @@ def test_the_report_chooses_on_the_tuning_half_and_reports_the_other() -> None:
     assert "noise by val loss" not in text
     assert "MACs quintile 5" in text and "| radix >= 2 |" in text
     assert "seed-to-seed ceiling" in text and "val after epoch 2" in text
+    assert "the seed-to-seed Kendall tau to expect on these rows is about" in text
+
+
+def test_the_ceiling_to_expect_falls_to_zero_when_noise_is_the_spread() -> None:
+    assert supernet_ranking.expected_seed_tau(0.0087, 0.0091) == 0.0  # the slice, 2026-12-07
+    assert supernet_ranking.expected_seed_tau(0.0318, 0.0091) == pytest.approx(
+        2 / np.pi * np.arcsin(1 - (0.0091 / 0.0318) ** 2))
+    assert supernet_ranking.expected_seed_tau(0.03, 0.0) == pytest.approx(1.0)
 
 
 def test_the_report_waits_for_covered_rows() -> None:
