@@ -8,6 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench import resnest_bench, resnest_bench_report
@@ -125,6 +126,19 @@ def test_the_table_appends_resumes_and_each_row_reproduces(tmp_path: Path,
     assert [round(m["val_top1"], 5) for m in metrics] == json.loads(rows[1]["curve"])
     text = resnest_bench_report.report(resnest_bench_report.load(out))
     assert "Kendall tau between seeds 0 and 1" not in text  # one architecture ranks nothing
-    assert "1 architectures; std per architecture" in text  # the slice row has one seed
+    assert "1 samples; std per sample" in text  # the slice row has one seed
     assert "(1 uniform samples, 1 in the default supernet's slice)" in text
     assert "fewer than 3 uniform samples: nothing to rank yet" in text
+
+
+def test_the_noise_and_its_ceiling_come_from_the_uniform_samples_only() -> None:
+    """Hand-designed repeats (near-equal accuracies by design) must not move the seed-to-seed
+    ceiling that every estimator of the uniform samples is read against."""
+    rows = [{"tag": f"resnest:{i}", "kind": "sample", "seed": seed, "val_top1": 0.7 + 0.01 * i}
+            for i in range(4) for seed in (0, 1)]
+    samples = resnest_bench_report.noise(pd.DataFrame(rows))
+    hand = [{"tag": f"hand-{i}", "kind": "hand", "seed": seed, "val_top1": 0.77 + 0.001 * i * s}
+            for i in range(4) for seed, s in ((0, 1), (1, -1))]
+    both = resnest_bench_report.noise(pd.DataFrame(rows + hand))
+    assert samples[1] == both[1] == {(0, 1): (1.0, 4)}
+    assert list(both[0].index) == [f"resnest:{i}" for i in range(4)]
