@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.resnest_bench import TABLE
@@ -64,6 +65,62 @@ def estimators(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def axes(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the global axes that vary among `rows`, one column each as a category; the per-stage
+    axes, one numeric column per stage and axis) of each row's spec."""
+    specs = rows["spec"].map(json.loads)
+    keys = [k for k in specs.iloc[0] if k != "stages"]
+    glob = pd.DataFrame({k: specs.map(lambda d, k=k: str(d[k])) for k in keys}, index=rows.index)
+    glob = glob.loc[:, glob.nunique() > 1]
+    stages = pd.DataFrame({f"stage {i + 1} {axis}": specs.map(lambda d, i=i, a=axis: float(
+        d["stages"][i][a]) if i < len(d["stages"]) else 0.0)
+        for i in range(specs.map(lambda d: len(d["stages"])).max())
+        for axis in specs.iloc[0]["stages"][0]}, index=rows.index)
+    return glob, stages
+
+
+def held_out_r2(features: pd.DataFrame, target: pd.Series, folds: int = 5,
+                repeats: int = 10) -> float:
+    """Share of `target`'s variance a least-squares fit on `features` (categories one-hot)
+    predicts out of fold, averaged over `repeats` random fold splits (seeds 0..repeats-1)."""
+    x = pd.get_dummies(features, drop_first=True).astype(float).to_numpy()
+    x = np.hstack([np.ones((len(x), 1)), x])
+    y = target.to_numpy(dtype=float)
+    scores = []
+    for seed in range(repeats):
+        order = np.random.default_rng(seed).permutation(len(y))
+        predicted = np.empty_like(y)
+        for fold in np.array_split(order, folds):
+            fit = np.setdiff1d(order, fold)
+            coef, *_ = np.linalg.lstsq(x[fit], y[fit], rcond=None)
+            predicted[fold] = x[fold] @ coef
+        scores.append(1 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return float(np.mean(scores))
+
+
+def what_matters(table: pd.DataFrame) -> list[str]:
+    """Markdown: how much of the uniform samples' final val_top1 (first seed) the global axes and
+    the per-stage axes predict out of fold, and each global axis's mean accuracy per value."""
+    rows = table[(table["kind"] == "sample") & (table["seed"] == table["seed"].min())]
+    if len(rows) < 20:
+        return ["- fewer than 20 uniform samples: too few to split the variance"]
+    glob, stages = axes(rows)
+    target = rows["val_top1"]
+    fits = {"the global axes (one-hot)": glob, "the per-stage axes (numeric)": stages,
+            "both": pd.concat([glob, stages], axis=1)}
+    lines = [f"Share of the variance of final val_top1 ({len(rows)} uniform samples, std "
+             f"{target.std() * 100:.2f} pts) predicted out of fold by a linear fit (5 folds, "
+             "mean of 10 splits; below 0: worse than predicting the mean):", ""]
+    lines += [f"- {name}: {held_out_r2(x, target):.2f}" for name, x in fits.items()]
+    lines += ["", "| global axis | mean val % (count) per value |", "|---|---|"]
+    for name in glob:
+        groups = target.groupby(glob[name]).agg(["mean", "count"])
+        lines.append(f"| {name} | " + ", ".join(
+            f"{value}: {r['mean'] * 100:.2f} ({int(r['count'])})"
+            for value, r in groups.iterrows()) + " |")
+    return lines
+
+
 def report(table: pd.DataFrame) -> str:
     stds, taus = noise(table)
     kinds = table.drop_duplicates("tag")["kind"].value_counts()
@@ -89,6 +146,7 @@ def report(table: pd.DataFrame) -> str:
         lines += ["| estimator | Kendall tau | Spearman rho | n |", "|---|---|---|---|"]
     for r in ranked.itertuples():
         lines.append(f"| {r.estimator} | {r.kendall_tau:.3f} | {r.spearman_rho:.3f} | {r.n} |")
+    lines += ["", "What decides accuracy (uniform samples, first seed):", "", *what_matters(table)]
     hand = table[table["kind"] == "hand"].groupby("tag").agg(
         macs=("macs", "first"), mean=("val_top1", "mean"), std=("val_top1", "std"),
         test=("test_top1", "mean"), seeds=("seed", "count")).sort_values("macs")
