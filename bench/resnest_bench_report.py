@@ -66,11 +66,11 @@ def estimators(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def axes(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the global axes that vary among `rows`, one column each as a category; the per-stage
-    axes, one numeric column per stage and axis) of each row's spec."""
+    """(the global axes that vary among `rows`, one column each with the spec's values; the
+    per-stage axes, one numeric column per stage and axis) of each row's spec."""
     specs = rows["spec"].map(json.loads)
     keys = [k for k in specs.iloc[0] if k != "stages"]
-    glob = pd.DataFrame({k: specs.map(lambda d, k=k: str(d[k])) for k in keys}, index=rows.index)
+    glob = pd.DataFrame({k: specs.map(lambda d, k=k: d[k]) for k in keys}, index=rows.index)
     glob = glob.loc[:, glob.nunique() > 1]
     stages = pd.DataFrame({f"stage {i + 1} {axis}": specs.map(lambda d, i=i, a=axis: float(
         d["stages"][i][a]) if i < len(d["stages"]) else 0.0)
@@ -106,8 +106,9 @@ def what_matters(table: pd.DataFrame) -> list[str]:
         return ["- fewer than 20 uniform samples: too few to split the variance"]
     glob, stages = axes(rows)
     target = rows["val_top1"]
-    fits = {"the global axes (one-hot)": glob, "the per-stage axes (numeric)": stages,
-            "both": pd.concat([glob, stages], axis=1)}
+    categories = glob.astype(str)  # one-hot in the fit, whatever the values' type
+    fits = {"the global axes (one-hot)": categories, "the per-stage axes (numeric)": stages,
+            "both": pd.concat([categories, stages], axis=1)}
     lines = [f"Share of the variance of final val_top1 ({len(rows)} uniform samples, std "
              f"{target.std() * 100:.2f} pts) predicted out of fold by a linear fit (5 folds, "
              "mean of 10 splits; below 0: worse than predicting the mean):", ""]
