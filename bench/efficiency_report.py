@@ -2,11 +2,12 @@
 equal training compute, on Fashion-MNIST.
 
 Reads the searches `bench.search_efficiency` ran (OUT/*-sSEED.json: (a) the default, (d) the
-default without the anchor, and any other strategy there) and ResNeSt-Bench (random search (b)
-replayed on the same seeds by `bench.table_search`; the hand-designed family (c) as trained
-there). Prints markdown: hypervolume against compute (mean +- std over seeds), the targets, how
-many hand-designed points each default front dominates, and every front member's test accuracy;
-writes the plot. Compute and hypervolume are defined in `bench.front_quality`.
+default without anchors, (a') with the cheapest corner only, and any other strategy there) and
+ResNeSt-Bench (random search (b) replayed on the same seeds by `bench.table_search`; the
+hand-designed family (c) as trained there). Prints markdown: hypervolume against compute (mean
++- std over seeds), the targets, how many hand-designed points each default front dominates, and
+every front member's test accuracy; writes the plot. Compute and hypervolume are defined in
+`bench.front_quality`.
 
     python -m bench.efficiency_report --out runs/evidence [--plot docs/search_evidence.png]
 """
@@ -29,9 +30,11 @@ from bench.search_efficiency import run_key
 from bench.table_search import random_search
 from search_spaces import ArchSpec
 
-LABELS = {"default": "(a) default: TPE + pareto pruner + anchor",
+LABELS = {"default": "(a) default: TPE + pareto pruner + family anchors",
+          "default_cheapest": "(a') TPE + pareto pruner + cheapest corner only (the default "
+                              "before 2026-12-07)",
           "random": "(b) random search, no pruning",
-          "default_noanchor": "(d) default without the anchor",
+          "default_noanchor": "(d) default without anchors",
           "tpe_sha": "TPE + accuracy-only SHA", "tpe_sha_noanchor": "TPE + SHA, no anchor"}
 GRID = 400  # points of the compute axis
 

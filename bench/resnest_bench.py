@@ -15,6 +15,10 @@ samples vary every global axis and almost none share one supernet). Sample I is 
 own numpy Generator seeded with (`SLICE_SEED`, I): a tag always names the same spec, whatever
 `--slice` is.
 
+The corners (`corner:<stem>-<shortcut>`, kind `corner`, every seed): the four anchors the search
+trains first (`nas.search.anchor.family_corners`, the cheapest network of each stem and avg_down
+family), so that the report can say what the anchors alone are worth.
+
 The CSV is appended one row at a time (flushed and synced); a rerun skips the (tag, seed) pairs
 it holds and drops a torn last line, so the table grows over several sessions. Runs go to a
 process pool with one torch thread per worker (`--device cuda` trains on a GPU instead).
@@ -42,10 +46,12 @@ import numpy as np
 import torch
 
 from nas.models.costs import measure_costs
+from nas.search.anchor import family_corners
 from nas.search.cli import DEFAULTS, build_parser
 from nas.supernet.config import SupernetConfig
 from search_spaces.files import atomic_write_text
 from search_spaces.hand_designed import hand_designed
+from search_spaces.registry import get_space
 from search_spaces.spec import ArchSpec
 from trials.trial import Trial
 from trials.trial_config import build_trial_config
@@ -65,11 +71,20 @@ def slice_spec(index: int) -> ArchSpec:
     return SupernetConfig().sample(np.random.default_rng((SLICE_SEED, index)))
 
 
+def corner_specs() -> dict[str, ArchSpec]:
+    """The search's family anchors at the quick start's image size, by tag."""
+    task = argparse.Namespace(num_classes=10, in_channels=1,
+                              image_size=_SEARCH.get_default("image_size"))
+    return {f"corner:{s.stem}-{'avgdown' if s.avg_down else 'conv'}": s
+            for s in family_corners(get_space(_SEARCH.get_default("space")), task)}
+
+
 def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool,
-         slices: int = 0) -> list[dict[str, Any]]:
+         slices: int = 0, corners: bool = False) -> list[dict[str, Any]]:
     """Every row the table should hold, in the order they run: the hand-designed points and the
-    seeded samples at the first seed, the seeded samples' other seeds, the other samples at the
-    first seed, the slice at the first seed, then the hand-designed points' other seeds."""
+    seeded samples at the first seed, the seeded samples' other seeds, the corners at every
+    seed, the other samples at the first seed, the slice at the first seed, then the
+    hand-designed points' other seeds."""
     first, *others = seeds
     sampled = [{"tag": f"resnest:{i}", "kind": "sample", "arch": f"resnest:{i}"}
                for i in range(samples)]
@@ -82,6 +97,8 @@ def jobs(samples: int, seeded: int, seeds: tuple[int, ...], hand: bool,
     # other seeds only narrow their means, so they come last.
     out = [{**j, "seed": first} for j in designed + sampled[:seeded]]
     out += [{**j, "seed": s} for j in sampled[:seeded] for s in others]
+    out += [{"tag": tag, "kind": "corner", "arch": spec.to_dict(), "seed": s}
+            for tag, spec in (corner_specs() if corners else {}).items() for s in seeds]
     out += [{**j, "seed": first} for j in sampled[seeded:]]
     out += sliced
     out += [{**j, "seed": s} for j in designed for s in others]
@@ -167,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"only (default: {SLICE})")
     p.add_argument("--no-hand", dest="hand", action="store_false",
                    help="leave out the hand-designed family")
+    p.add_argument("--no-corners", dest="corners", action="store_false",
+                   help="leave out the search's four family anchors")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"],
                    help=f"epochs per row (default: the search's, {DEFAULTS['epochs']})")
     p.add_argument("--workers", type=int, default=2, help="rows at once (default: 2)")
@@ -177,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["tag"], int(r["seed"])) for r in read_table(args.out)}
-    todo = [j for j in jobs(args.samples, args.seeded, tuple(args.seeds), args.hand, args.slice)
+    todo = [j for j in jobs(args.samples, args.seeded, tuple(args.seeds), args.hand, args.slice,
+                                 args.corners)
             if (j["tag"], j["seed"]) not in done][:args.limit]
     print(f"{len(done)} rows in {args.out}; {len(todo)} to train", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
@@ -196,5 +216,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["COLUMNS", "SLICE", "SLICE_SEED", "TABLE", "jobs", "read_table", "slice_spec",
-           "train_row"]
+__all__ = ["COLUMNS", "SLICE", "SLICE_SEED", "TABLE", "corner_specs", "jobs", "read_table",
+           "slice_spec", "train_row"]

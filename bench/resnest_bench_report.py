@@ -4,7 +4,8 @@ Reads the table `bench.resnest_bench` writes and prints markdown: the noise (std
 architecture over its seeds; Kendall tau between two seeds' rankings, the ceiling of any
 estimator), the rank correlation (Kendall tau, Spearman rho) of params, MACs, latency and the
 validation accuracy after each epoch with the final val_top1 of the uniform samples (seed 0), and
-the hand-designed family's mean +- std. The slice's rows (kind `slice`, one seed) are counted
+the hand-designed family's mean +- std, and what the search's family anchors (kind `corner`)
+score beside it. The slice's rows (kind `slice`, one seed) are counted
 here and ranked by `bench.supernet_ranking`; the noise and the estimators come from the uniform
 samples only (the hand-designed points' spread is in their own table).
 
@@ -148,17 +149,47 @@ def report(table: pd.DataFrame) -> str:
     for r in ranked.itertuples():
         lines.append(f"| {r.estimator} | {r.kendall_tau:.3f} | {r.spearman_rho:.3f} | {r.n} |")
     lines += ["", "What decides accuracy (uniform samples, first seed):", "", *what_matters(table)]
-    hand = table[table["kind"] == "hand"].groupby("tag").agg(
-        macs=("macs", "first"), mean=("val_top1", "mean"), std=("val_top1", "std"),
-        test=("test_top1", "mean"), seeds=("seed", "count")).sort_values("macs")
+    hand = per_point(table, "hand")
+    if len(stds):
+        lines += anchors_against_hand(table, float(stds.median()))
     if len(hand):
         lines += ["", "Hand-designed family (val_top1 mean +- std over seeds; test mean):", "",
                   "| point | MMACs | val % | test % | seeds |", "|---|---|---|---|---|"]
         for tag, r in hand.iterrows():
-            spread = "" if pd.isna(r["std"]) else f" +- {r['std'] * 100:.2f}"
-            lines.append(f"| {tag} | {r['macs'] / 1e6:.2f} | {r['mean'] * 100:.2f}{spread} | "
+            lines.append(f"| {tag} | {r['macs'] / 1e6:.2f} | {_spread(r)} | "
                          f"{r['test'] * 100:.2f} | {int(r['seeds'])} |")
     return "\n".join(lines)
+
+
+def anchors_against_hand(table: pd.DataFrame, margin: float) -> list[str]:
+    """The family anchors' rows beside the hand-designed points each dominates (higher mean
+    top-1 by more than `margin` at no more MACs), on val and on test."""
+    hand, corners = per_point(table, "hand"), per_point(table, "corner")
+    if not (len(corners) and len(hand)):
+        return []
+    lines = ["", "The search's family anchors (kind `corner`: the cheapest network of each stem "
+             "and avg_down family, trained first by `nas.search`), and the hand-designed points "
+             f"each dominates: higher mean top-1 by more than {margin * 100:.2f} pts (the median "
+             "seed-to-seed std) at no more MACs:", "",
+             "| anchor | MMACs | val % | test % | seeds | dominates (val) | (test) |",
+             "|---|---|---|---|---|---|---|"]
+    for tag, r in corners.iterrows():
+        dearer = hand[hand["macs"] >= r["macs"]]
+        won = [int((r[k] > dearer[k] + margin).sum()) for k in ("mean", "test")]
+        lines.append(f"| {tag} | {r['macs'] / 1e6:.2f} | {_spread(r)} | {r['test'] * 100:.2f} | "
+                     f"{int(r['seeds'])} | {won[0]}/{len(hand)} | {won[1]}/{len(hand)} |")
+    return lines
+
+
+def per_point(table: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """One row per architecture of `kind`: MACs, val_top1 mean and std, test mean, seeds."""
+    return table[table["kind"] == kind].groupby("tag").agg(
+        macs=("macs", "first"), mean=("val_top1", "mean"), std=("val_top1", "std"),
+        test=("test_top1", "mean"), seeds=("seed", "count")).sort_values("macs")
+
+
+def _spread(r: pd.Series) -> str:
+    return f"{r['mean'] * 100:.2f}" + ("" if pd.isna(r["std"]) else f" +- {r['std'] * 100:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

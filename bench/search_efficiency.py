@@ -4,10 +4,11 @@ Does the default search find better (accuracy, MACs) fronts than the alternative
 training compute? Each run is the quick start's search (`nas.search`'s own flags and defaults:
 data, image size, train share, epochs, batch size, sampler seeding, pruner, anchor) with the
 strategy's sampler and pruner, given a compute budget instead of a trial count:
-    default   TPE (multi-objective) + `pareto` pruner (MO-ASHA), cheapest corner first
+    default   TPE (multi-objective) + `pareto` pruner (MO-ASHA), the family anchors first
     random    random sampler, no pruning (pure random search: no anchor)
     tpe_sha   TPE + `sha` (with two objectives: accuracy-only ASHA on the same rungs), anchored
-`--no-anchor` gives the ablations without the cheapest corner. Random search and the
+`--anchor cheapest` (only the space's cheapest corner first, the default before 2026-12-07) and
+`--no-anchor` give the ablations (keys suffixed `_cheapest` and `_noanchor`). Random search and the
 hand-designed family are also read off ResNeSt-Bench without training (`bench.table_search`).
 
 The supernet path (issue 20, item 5; `--strategies supernet --supernet DIR`) is the search with
@@ -52,6 +53,7 @@ import torch
 
 from bench.front_quality import macs_range, normalised_hypervolume
 from bench.supernet_ranking import training_compute
+from nas.search.anchor import ANCHORS
 from nas.search.cli import (
     DEFAULTS,
     build_parser,
@@ -91,13 +93,16 @@ SMOKE_FLAGS = ("--image-size", "8", "--train-fraction", "0.05")
 
 
 def run_key(run: dict[str, Any]) -> str:
-    """Strategy name, suffixed `_noanchor` for a TPE run without the cheapest-corner anchor."""
+    """Strategy name, suffixed `_noanchor` for a TPE run without anchors and `_cheapest` for one
+    with only the cheapest corner (runs from before the family anchors stored true for it)."""
     key = run["strategy"]
     if key == "supernet":
         key += f"_k{run['finetune']}" + ("_scratch" if run["finetune_from"] == "scratch" else "")
-    if run.get("anchor") is False and run.get("sampler") != "random":
-        return f"{key}_noanchor"
-    return key
+    anchor = {True: "cheapest", False: "none"}.get(run.get("anchor"), run.get("anchor"))
+    if run.get("sampler") == "random" or anchor == "families" or (
+            run["strategy"] == "supernet" and anchor == "cheapest"):  # its runs all had that one
+        return key
+    return f"{key}_noanchor" if anchor == "none" else f"{key}_cheapest"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -109,9 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help=f"training MAC-epochs per run (default {DEFAULT_BUDGET:.2g})")
     p.add_argument("--max-trials", type=int, default=400, help="cap on trials per run")
-    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
-                   help="TPE strategies train the space's cheapest corner first, as the search "
-                        "does by default (random search never does)")
+    p.add_argument("--anchor", choices=ANCHORS, default="families",
+                   help="the anchors TPE strategies train first, as `nas.search --anchor` "
+                        "(default families, the search's; random search never has any)")
+    p.add_argument("--no-anchor", dest="anchor", action="store_const", const="none",
+                   help="same as --anchor none")
     p.add_argument("--search-flags", default="",
                    help="more nas.search flags for every run, e.g. '--epochs 8' (default none)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
@@ -134,12 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def search_flags(strategy: str, seed: int, args: argparse.Namespace, exp: Path) -> list[str]:
     """The `nas.search` command line that this run is (without `--trials`'s budget semantics)."""
     sampler, pruner = STRATEGIES[strategy]
-    anchored = args.anchor and sampler != "random"
+    anchored = args.anchor if sampler != "random" else "none"
     trials = args.estimated if strategy == "supernet" else args.max_trials
     flags = ["--sampler", sampler, "--pruner", pruner, "--seed", str(seed),
              "--out", str(exp.parent), "--name", exp.name, "--trials", str(trials),
              "--time-budget", NO_CLOCK,
-             "--anchor" if anchored else "--no-anchor", *args.search_flags.split()]
+             "--anchor", anchored, *args.search_flags.split()]
     if strategy == "supernet":
         flags += ["--estimator", "supernet", "--supernet", str(args.supernet),
                   "--finetune", str(args.finetune), "--finetune-from", args.finetune_from]
@@ -151,7 +158,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace) -> Path:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = STRATEGIES[strategy]
-    anchored = args.anchor and sampler != "random"
+    anchored = args.anchor if sampler != "random" else "none"
     key = run_key({"strategy": strategy, "sampler": sampler, "anchor": anchored,
                    "finetune": args.finetune, "finetune_from": args.finetune_from})
     path = args.out / f"{key}-s{seed}.json"

@@ -199,7 +199,9 @@ class ExperimentConfig:
     storage: str
     constraints: dict[str, float] = field(default_factory=dict)
     seed_points: tuple[str, ...] = ()
-    anchor: bool = True  # evaluate the space's cheapest corner first (searches with a cost)
+    # Cheap corners evaluated first in searches with a cost: `families`, `cheapest` or `none`
+    # (nas.search.anchor).
+    anchor: str = "families"
     num_classes: int = 10
     in_channels: int = 1
     train: dict[str, Any] = field(default_factory=dict)
@@ -224,7 +226,10 @@ class ExperimentConfig:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
-        data.setdefault("anchor", False)  # experiments from before the anchor resume without it
+        # Experiments from before the anchor resume without it; from before its families, with
+        # the one cheapest corner they had (stored as true).
+        anchor = data.get("anchor", False)
+        data["anchor"] = {True: "cheapest", False: "none"}.get(anchor, anchor)
         for key in ("objectives", "seed_points"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bench import resnest_bench, resnest_bench_report
+from nas.search.anchor import family_corners
 from nas.search.cli import DEFAULTS, build_parser, config_from_args
 from nas.search.objectives import parse_objectives
 from nas.search.pruner import ParetoPruner
@@ -48,20 +50,33 @@ def test_hand_designed_points_follow_their_pattern(name: str) -> None:
 
 
 def test_jobs_run_first_seeds_first_and_cover_the_table() -> None:
-    jobs = resnest_bench.jobs(200, 30, (0, 1, 2), True, 60)
+    jobs = resnest_bench.jobs(200, 30, (0, 1, 2), True, 60, corners=True)
     keys = [(j["tag"], j["seed"]) for j in jobs]
-    assert len(keys) == len(set(keys)) == 200 + 32 + 2 * (30 + 32) + 60
+    assert len(keys) == len(set(keys)) == 200 + 32 + 2 * (30 + 32) + 60 + 4 * 3
     rows = [(j["kind"], j["seed"] > 0) for j in jobs]  # (kind, a repeat?) in running order
     assert rows == ([("hand", False)] * 32 + [("sample", False)] * 30  # the seeded ones first,
-                    + [("sample", True)] * 60  # their noise next, then every other sample once,
+                    + [("sample", True)] * 60  # their noise next, the corners at every seed,
+                    + [("corner", False), ("corner", True), ("corner", True)] * 4
                     + [("sample", False)] * 170 + [("slice", False)] * 60  # the slice,
                     + [("hand", True)] * 64)  # hand repeats last
     assert [j["tag"] for j in jobs[32:62]] == [f"resnest:{i}" for i in range(30)]
-    assert [j["tag"] for j in jobs[292:352]] == [f"slice:{i}" for i in range(60)]
-    assert {j["tag"] for j in jobs if j["seed"] == 2} == set(HAND) | {
+    assert [j["tag"] for j in jobs[304:364]] == [f"slice:{i}" for i in range(60)]
+    corners = resnest_bench.corner_specs()
+    assert {j["tag"] for j in jobs if j["seed"] == 2} == set(HAND) | set(corners) | {
         f"resnest:{i}" for i in range(30)}
-    assert resnest_bench.jobs(200, 30, (0, 1, 2), True) == [j for j in jobs
-                                                            if j["kind"] != "slice"]
+    assert resnest_bench.jobs(200, 30, (0, 1, 2), True) == [
+        j for j in jobs if j["kind"] not in ("slice", "corner")]
+
+
+def test_the_corners_are_the_searchs_family_anchors() -> None:
+    config, _ = config_from_args(build_parser().parse_args([]))
+    task = replace(config, image_size=16, num_classes=10, in_channels=1)
+    corners = resnest_bench.corner_specs()
+    assert list(corners.values()) == family_corners(get_space(config.space), task)
+    assert sorted(corners) == ["corner:deep-avgdown", "corner:deep-conv",
+                               "corner:plain-avgdown", "corner:plain-conv"]
+    assert all(spec.avg_down == tag.endswith("avgdown") and tag.startswith(f"corner:{spec.stem}")
+               for tag, spec in corners.items())
 
 
 def test_a_slice_tag_always_names_the_same_spec() -> None:
@@ -102,7 +117,7 @@ def test_no_rung_decides_before_the_warm_up_has_ended(name: str) -> None:
 def _bench(out: Path, *extra: str) -> None:
     assert resnest_bench.main(["--samples", "1", "--seeded", "1", "--seeds", "0", "1",
                                "--slice", "1", "--no-hand", "--epochs", "1", "--smoke",
-                               "--workers", "1",
+                               "--workers", "1", "--no-corners",
                                "--out", str(out), *extra]) == 0
 
 
@@ -162,3 +177,18 @@ def test_what_matters_finds_the_axis_that_decides_accuracy() -> None:
     assert scores["the global axes (one-hot)"] > 0.9
     assert scores["the per-stage axes (numeric)"] < 0.2
     assert any(line.startswith("| avg_down | False: 70.") for line in lines)
+
+
+def test_an_anchor_dominates_only_dearer_hand_points_by_more_than_the_margin() -> None:
+    def rows(tag: str, kind: str, macs: int, val: float, test: float) -> list[dict]:
+        return [{"tag": tag, "kind": kind, "seed": seed, "macs": macs, "val_top1": val + d,
+                 "test_top1": test + d} for seed, d in ((0, -0.001), (1, 0.001))]
+
+    table = pd.DataFrame(rows("corner:deep-avgdown", "corner", 10, 0.78, 0.78)
+                         + rows("dearer-worse", "hand", 20, 0.76, 0.775)  # test within margin
+                         + rows("cheaper-worse", "hand", 5, 0.70, 0.70)  # costs less
+                         + rows("dearer-better", "hand", 30, 0.79, 0.79))
+    lines = resnest_bench_report.anchors_against_hand(table, margin=0.01)
+    row = next(line for line in lines if line.startswith("| corner:deep-avgdown"))
+    assert row.endswith("| 2 | 1/3 | 0/3 |")
+    assert resnest_bench_report.anchors_against_hand(table[table["kind"] == "hand"], 0.01) == []

@@ -196,7 +196,7 @@ def test_cost_aware_searches_evaluate_the_cheapest_corner_first(
     import numpy as np
 
     from nas.models.costs import static_costs
-    from nas.search.cli import cheapest_corner, corner_specs
+    from nas.search.anchor import cheapest_corner, corner_specs
     from search_spaces import get_space
 
     ctrl, config = _controller_for(tmp_path, *flags)
@@ -210,7 +210,30 @@ def test_cost_aware_searches_evaluate_the_cheapest_corner_first(
     trial_id, _ = ctrl.next_trial()
     first = ctrl.records[trial_id].spec
     assert (first.spec_hash == corner.spec_hash) is anchored
-    assert config.anchor is ("--no-anchor" not in flags)
+    assert config.anchor == ("none" if "--no-anchor" in flags else "families")
+
+
+@pytest.mark.parametrize(("anchor", "families"), [("families", 4), ("cheapest", 1), ("none", 0)])
+def test_the_family_anchors_are_each_familys_cheapest_corner(
+        tmp_path: Path, anchor: str, families: int) -> None:
+    from nas.models.costs import static_costs
+    from nas.search.cli import corner_specs
+    from search_spaces import get_space
+
+    ctrl, config = _controller_for(tmp_path, "--anchor", anchor)
+    corners = corner_specs(get_space(config.space), config)
+    first = [ctrl.records[ctrl.next_trial()[0]].spec for _ in range(families + 1)]
+    anchors, proposed = first[:families], first[families]
+    assert len({(s.stem, s.avg_down) for s in anchors}) == families  # one per family
+
+    def macs(spec: object) -> int:
+        return static_costs(spec, config.image_size).macs
+
+    for spec in anchors:
+        assert spec in corners and macs(spec) == min(
+            macs(c) for c in corners if (c.stem, c.avg_down) == (spec.stem, spec.avg_down))
+    assert [macs(s) for s in anchors] == sorted(macs(s) for s in anchors)  # cheapest first
+    assert proposed not in corners  # then the sampler proposes
 
 
 def test_experiments_from_before_the_anchor_resume_without_it() -> None:
@@ -222,11 +245,14 @@ def test_experiments_from_before_the_anchor_resume_without_it() -> None:
                               image_size=8, objectives=("accuracy", "macs"), epochs=1, trials=1,
                               time_budget_s=1.0, sampler="tpe", pruner="pareto", seed=0,
                               storage="")
-    assert config.anchor
+    assert config.anchor == "families"
     stored = json.loads(config.to_json())
-    assert ExperimentConfig.from_json(json.dumps(stored)).anchor
+    assert ExperimentConfig.from_json(json.dumps(stored)).anchor == "families"
+    for old, now in ((True, "cheapest"), (False, "none")):  # before the family anchors
+        stored["anchor"] = old
+        assert ExperimentConfig.from_json(json.dumps(stored)).anchor == now
     del stored["anchor"]
-    assert not ExperimentConfig.from_json(json.dumps(stored)).anchor
+    assert ExperimentConfig.from_json(json.dumps(stored)).anchor == "none"
 
 
 # The study -------------------------------------------------------------------------------------

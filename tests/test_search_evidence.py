@@ -119,7 +119,7 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
     # The run is nas.search with these flags: the quick start's protocol, strategy swapped in.
     config, _ = config_from_args(build_parser().parse_args(run["flags"]))
     assert (config.sampler, config.pruner, config.anchor, config.seed) == ("tpe", "pareto",
-                                                                           True, 0)
+                                                                           "families", 0)
     assert run["data"] == config.data and run["train_fraction"] == config.train_fraction
     assert config.time_budget_s >= 1e6  # compute ends a run, not a loaded machine's clock
     compute = [h[0] for h in run["history"]]
@@ -132,7 +132,7 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
     _smoke(out)  # a finished run is not run again
     assert path.stat().st_mtime_ns == written
     _smoke(out, "--no-anchor")
-    assert json.loads((out / "default_noanchor-s0.json").read_text())["anchor"] is False
+    assert json.loads((out / "default_noanchor-s0.json").read_text())["anchor"] == "none"
     # The report puts them beside random search replayed on a table at the same image size.
     table = tmp_path / "table.csv"
     frame = _table(image_size=8)
@@ -142,7 +142,7 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
             frame[column] = ""
     frame[list(COLUMNS)].to_csv(table, index=False)
     text = efficiency_report.report(out, table, tmp_path / "plot.png")
-    assert "(d) default without the anchor beats (b)" in text and "| 0 |" in text
+    assert "(d) default without anchors beats (b)" in text and "| 0 |" in text
     assert (tmp_path / "plot.png").stat().st_size > 0
     other = tmp_path / "table16.csv"
     frame.assign(image_size=16)[list(COLUMNS)].to_csv(other, index=False)

@@ -1,5 +1,11 @@
-"""The anchor: the space's cheapest corner, trained first when an objective is a cost, so the
-cheap end of the front is covered from the start."""
+"""The anchors: cheap corners of the space, trained first when an objective is a cost, so the
+cheap end of the front is covered from the start.
+
+`families` (the default) trains the cheapest corner of each (stem, avg_down) family: those two
+global axes change every block's input path at almost no cost, and on ResNeSt-Bench they decide
+most of the accuracy (docs/benchmarks.md), so four cheap trials tell the sampler where the good
+families are. `cheapest` trains only the space's cheapest corner; `none` trains no anchor.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +37,32 @@ def corner_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec
     return specs
 
 
+ANCHORS = ("families", "cheapest", "none")
+
+
+def family_corners(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec]:
+    """The cheapest corner of each (stem, avg_down) family, cheapest first; the first is
+    `cheapest_corner`."""
+    picks: dict[tuple[str, bool], ArchSpec] = {}
+    for spec in corner_specs(space, config):
+        family = (spec.stem, spec.avg_down)
+        if family not in picks or _cost(spec, config) < _cost(picks[family], config):
+            picks[family] = spec
+    return sorted(picks.values(), key=lambda s: _cost(s, config))  # stable: ties keep order
+
+
+def anchor_specs(space: ResNeStSpace, config: ExperimentConfig) -> list[ArchSpec]:
+    """The anchors `config.anchor` names, in the order they are trained."""
+    if config.anchor == "families":
+        return family_corners(space, config)
+    return [cheapest_corner(space, config)] if config.anchor == "cheapest" else []
+
+
+def _cost(spec: ArchSpec, config: ExperimentConfig) -> tuple[float, str]:
+    return static_costs(spec, config.image_size).macs, spec.tag
+
+
 def cheapest_corner(space: ResNeStSpace, config: ExperimentConfig) -> ArchSpec:
     """The corner with the fewest MACs at the search's image size: evaluated first, it anchors
     the cheap end of the front, which random proposals rarely reach in a space this wide."""
-    return min(corner_specs(space, config),
-               key=lambda s: (static_costs(s, config.image_size).macs, s.tag))
+    return min(corner_specs(space, config), key=lambda s: _cost(s, config))

@@ -44,7 +44,7 @@ from nas.latency.table import LatencyTable, file_digest, load_table
 from nas.models.costs import static_costs
 from nas.models.latency import BACKENDS, PRECISIONS, LatencySettings, check_backend_available
 from nas.search import estimator as supernet_estimator
-from nas.search.anchor import cheapest_corner, corner_specs
+from nas.search.anchor import ANCHORS, anchor_specs, corner_specs
 from nas.search.controller import CONSTRAINT_COLUMNS, SearchController, adapt_to_task
 from nas.search.objectives import OBJECTIVES, Objective, parse_objectives
 from nas.search.recovery import check_same_experiment
@@ -142,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and the training")
     p.add_argument("--seed-points", default="",
                    help="named points to evaluate first, comma separated")
-    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate the space's cheapest corner first when an objective is a cost "
-                        "(anchors the cheap end of the front)")
+    p.add_argument("--anchor", choices=ANCHORS, default="families",
+                   help="cheap corners evaluated first when an objective is a cost: the cheapest "
+                        "of each (stem, avg_down) family, the space's cheapest only, or none")
+    p.add_argument("--no-anchor", dest="anchor", action="store_const", const="none",
+                   help="same as --anchor none")
     p.add_argument("--max-failures", type=int, default=2,
                    help="retries of a trial lost with its worker")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
@@ -709,7 +711,7 @@ FIXED_ON_RESUME: tuple[tuple[str, str, Setting, str], ...] = (
     ("--latency-precision", "latency_precision", lambda c: c.latency.get("precision"), ""),
     ("--latency-table", "latency_table", lambda c: c.latency.get("table") or "(none)", ""),
     ("--seed-points", "seed_points", lambda c: ",".join(c.seed_points) or "(none)", ""),
-    ("--anchor/--no-anchor", "anchor", lambda c: c.anchor, ""),
+    ("--anchor", "anchor", lambda c: c.anchor, ""),
     ("--batch-size", "batch_size", lambda c: c.train.get("batch_size"), ""),
     ("--lr", "lr", lambda c: c.train.get("lr"), ""),
     ("--estimator", "estimator", lambda c: c.estimator, ""),
@@ -792,8 +794,8 @@ def make_controller(config: ExperimentConfig, exp: Path, study: Any, space: ResN
     records = read_records(exp) if resume else []
     seeds = [adapt_to_task(named_point(n), config, space.preset.input_regime)
              for n in config.seed_points]
-    if config.anchor and any(o.name != "accuracy" for o in objectives):
-        seeds.append(cheapest_corner(space, config))
+    if any(o.name != "accuracy" for o in objectives):
+        seeds.extend(anchor_specs(space, config))
 
     train = TrainConfig(**{**config.train, "epochs": config.epochs, "seed": config.seed})
     latency = worker_latency(config)
