@@ -119,8 +119,10 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
                  f"{hand_compute / 1e9:.2f} G MAC-epochs ({hand_compute / budget:.1f}x the "
                  f"budget) | {len(hand)} | - |")
     lines += ["", *targets(curves, grid, budget)]
-    lines += ["", *dominance(runs["default"], hand, margin, table)]
-    for key in ("default", "default_noanchor"):
+    for key in ("default", "default_cheapest"):
+        if key in runs:
+            lines += ["", *dominance(runs[key], hand, margin, table, LABELS[key])]
+    for key in ("default", "default_cheapest", "default_noanchor"):
         if key in runs:
             lines += ["", *front_members(key, runs[key])]
     lines += ["", *random_fronts(table, replays, seeds)]
@@ -133,7 +135,7 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
 def targets(curves: dict[str, np.ndarray], grid: np.ndarray, budget: float) -> list[str]:
     b = curves["random"][:, -1]
     lines = ["Targets (mean over seeds):"]
-    for key in ("default", "default_noanchor"):
+    for key in ("default", "default_cheapest", "default_noanchor"):
         if key not in curves:
             continue
         c = curves[key]
@@ -150,12 +152,12 @@ def targets(curves: dict[str, np.ndarray], grid: np.ndarray, budget: float) -> l
 
 
 def dominance(runs: list[dict[str, Any]], hand: pd.DataFrame, margin: float,
-              table: pd.DataFrame) -> list[str]:
+              table: pd.DataFrame, label: str) -> list[str]:
     """How many hand-designed points each default front dominates: a front member with higher
     accuracy by more than `margin` at no more MACs, on test (the search never saw it) and on
     validation; and, as the ceiling of a search that finds the table's best, how many the front
     of every uniform sample in the table dominates."""
-    lines = [f"Hand-designed points dominated by the default's front (higher top-1 by more than "
+    lines = [f"Hand-designed points dominated by the fronts of {label} (higher top-1 by more than "
              f"{margin * 100:.2f} pts, the median seed-to-seed std of val top-1, at no more MACs; "
              f"the hand points' accuracy is their mean over seeds):", "",
              "| seed | on test | on val | front members |", "|---|---|---|---|"]
@@ -189,9 +191,14 @@ def front_members(key: str, runs: list[dict[str, Any]]) -> list[str]:
         members = sorted(r["front"], key=lambda m: m["macs"])
         lines.append(f"- seed {r['seed']}: " + "; ".join(
             f"{m['macs'] / 1e6:.2f}, {m['accuracy'] * 100:.1f}, "
-            f"{_percent(m['test'])}, {m['tag']}"
+            f"{_percent(m['test'])}, {m['tag']} {family(m['spec'])}"
             for m in members))
     return lines
+
+
+def family(spec: dict[str, Any]) -> str:
+    """The (stem, avg_down) family, which the tag leaves out: `(deep, avg_down)`."""
+    return f"({spec['stem']}, {'avg_down' if spec['avg_down'] else 'conv shortcut'})"
 
 
 def random_fronts(table: pd.DataFrame, replays: list[Any], seeds: list[int]) -> list[str]:
