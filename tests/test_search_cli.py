@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from nas.search.anchor import family_corners
 from nas.search.cli import main, parse_duration
-from search_spaces import UserError
+from search_spaces import UserError, get_space
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -256,6 +257,30 @@ def test_experiments_from_before_the_anchor_resume_without_it() -> None:
 
 
 # The study -------------------------------------------------------------------------------------
+def test_the_pruner_never_stops_an_anchor(tmp_path: Path) -> None:
+    """Four family anchors, then proposals, all reporting the same poor rung-2 accuracy after
+    a good first trial: the pruner stops the proposals that reach rung 2, never an anchor."""
+    ctrl, config = _controller_for(tmp_path, "--epochs", "4", "--trials", "8")
+    stopped = {}
+    for index in range(8):
+        trial_id, _ = ctrl.next_trial()
+        for epoch in range(1, config.epochs + 1):
+            accuracy = 0.9 if index == 0 else 0.1 * epoch / config.epochs
+            if ctrl.on_result(trial_id, {"epoch": epoch, "val_top1": accuracy,
+                                         "train_loss": 1.0}):
+                break
+        stopped[trial_id] = epoch < config.epochs
+        ctrl.on_complete(trial_id, None)
+    anchors = {s.spec_hash for s in family_corners(get_space(config.space), config)}
+    assert ctrl.unpruned == anchors
+    spec_of = {t: ctrl.records[t].spec.spec_hash for t in stopped}
+    assert sum(spec_of[t] in anchors for t in stopped) == 4
+    assert not any(stopped[t] for t in stopped if spec_of[t] in anchors)
+    assert any(stopped[t] for t in stopped if spec_of[t] not in anchors)  # the pruner works
+    assert all(ctrl.records[t].state == ("PRUNED" if stopped[t] else "COMPLETE")
+               for t in stopped)
+
+
 def _drive(ctrl, outcomes: str) -> list[str]:
     """One trial per letter, run without Ray: c completes, p is pruned after one epoch, f fails,
     r is left running (its driver is about to die) after one epoch; the trial ids."""

@@ -119,6 +119,10 @@ class SearchController:
         done = {r.spec.spec_hash for r in self.records.values()}
         self.queue: list[tuple[ArchSpec, str | None]] = [*recovered.reruns, *(
             (s, None) for s in seed_specs if s.spec_hash not in done)]
+        # Seeded architectures (the anchors and --seed-points) always train to the last epoch:
+        # they are few and cheap, and an early rung's noisy accuracy must not drop the points
+        # they are there to give the front. By spec, so a resumed re-run keeps the exemption.
+        self.unpruned = frozenset(s.spec_hash for s in seed_specs)
         if self.records:
             write_trials_csv(self.exp, list(self.records.values()), self._csv_cache)
 
@@ -243,6 +247,8 @@ class SearchController:
             if self.failure is not None:
                 return True
             if epoch is None or epoch >= self.config.epochs:
+                return False
+            if self.records[trial_id].spec.spec_hash in self.unpruned:
                 return False
             if self.study.pruner.prune(self.study, self._frozen(self.live[trial_id].number)):
                 self.pruned[trial_id] = f"pruned at epoch {epoch} by {self.config.pruner}"
