@@ -85,16 +85,22 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
     grid = np.linspace(0.0, budget, GRID + 1)
     curves = {k: np.stack([step_curve([h[0] for h in r["history"]], [h[2] for h in r["history"]],
                                       grid) for r in rs]) for k, rs in runs.items()}
-    replays = [random_search(table, seed, budget) for seed in seeds]
-    curves["random"] = np.stack([step_curve(list(r.compute), list(r.hypervolume), grid)
-                                 for r in replays])
+    # (b) on every seed a strategy ran: each is compared with random search on its own seeds.
+    seeds_of = {k: [r["seed"] for r in rs] for k, rs in runs.items()}
+    by_seed = {s: random_search(table, s, budget) for s in sorted(set(sum(seeds_of.values(), [])))}
+    random_on = {s: step_curve(list(r.compute), list(r.hypervolume), grid)
+                 for s, r in by_seed.items()}
+    replays = [by_seed[s] for s in seeds]
+    curves["random"] = np.stack([random_on[s] for s in seeds])
+    for other in sorted({tuple(v) for v in seeds_of.values()} - {tuple(seeds)}):
+        curves[f"random@{list(other)}"] = np.stack([random_on[s] for s in other])
     hand = hand_family(table)
     hand_compute = float((hand["macs"] * hand["epochs"]).sum())
     hand_hv = normalised_hypervolume(zip(hand["val"], hand["macs"], strict=True), low, high)
     stds, _ = noise(table[table["kind"] == "sample"])
     margin = float(stds.median()) if len(stds) else 0.0
 
-    lines = [f"Budget {budget / 1e9:g} G MAC-epochs per run; seeds {seeds}; hypervolume "
+    lines = [f"Budget {budget / 1e9:g} G MAC-epochs per run; hypervolume "
              f"normalised, reference (accuracy 0, {high / 1e6:.1f} MMACs), box to "
              f"{low / 1e6:.2f} MMACs. (b) is replayed on ResNeSt-Bench's "
              f"{int(((table['kind'] == 'sample') & (table['seed'] == 0)).sum())} uniform samples.",
@@ -103,14 +109,18 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
     for key, c in curves.items():
         cells = [f"{c[:, int(GRID * f)].mean():.4f} ± {_std(c[:, int(GRID * f)]):.4f}"
                  for f in (0.25, 0.5, 1.0)]
-        if key == "random":
-            counts = ", ".join(f"{r.trials} ({r.completed})" for r in replays)
+        if key.startswith("random"):
+            counts = ", ".join(f"{by_seed[s].trials} ({by_seed[s].completed})"
+                               for s in (seeds if key == "random" else eval_seeds(key)))
             wall = "- (table)"
         else:
             counts = ", ".join(f"{sum(v for k, v in r['counts'].items() if k != 'INFEASIBLE')}"
                                f" ({r['counts']['COMPLETE']})" for r in runs[key])
             wall = f"{np.mean([r['wall_s'] for r in runs[key]]):.0f}"
-        lines.append(f"| {LABELS.get(key, key)} | {len(c)} | {' | '.join(cells)} | {counts} "
+        shown = seeds if key == "random" else (
+            eval_seeds(key) if key.startswith("random@") else seeds_of[key])
+        lines.append(f"| {label(key)} | {', '.join(map(str, shown))} | {' | '.join(cells)} | "
+                     f"{counts} "
                      f"| {wall} |")
     many = np.array([random_search(table, 1000 + i, budget).at(budget) for i in range(100)])
     lines.append(f"| (b) over 100 more random orders (seeds 1000-1099) | 100 | - | - | "
@@ -118,7 +128,7 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
     lines.append(f"| (c) hand-designed family, {len(hand)} points | - | - | - | {hand_hv:.4f} at "
                  f"{hand_compute / 1e9:.2f} G MAC-epochs ({hand_compute / budget:.1f}x the "
                  f"budget) | {len(hand)} | - |")
-    lines += ["", *targets(curves, grid, budget)]
+    lines += ["", *targets(curves, grid, budget, seeds_of, seeds)]
     for key in ("default", "default_cheapest"):
         if key in runs:
             lines += ["", *dominance(runs[key], hand, margin, table, LABELS[key])]
@@ -132,13 +142,26 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
     return "\n".join(lines)
 
 
-def targets(curves: dict[str, np.ndarray], grid: np.ndarray, budget: float) -> list[str]:
-    b = curves["random"][:, -1]
-    lines = ["Targets (mean over seeds):"]
+def label(key: str) -> str:
+    if key.startswith("random@"):
+        return LABELS["random"]  # on other seeds, which its row names
+    return LABELS.get(key, key)
+
+
+def eval_seeds(key: str) -> list[int]:
+    """The seeds of a `random@[...]` row."""
+    return [int(s) for s in key.split("@")[1].strip("[]").split(",")]
+
+
+def targets(curves: dict[str, np.ndarray], grid: np.ndarray, budget: float,
+            seeds_of: dict[str, list[int]], seeds: list[int]) -> list[str]:
+    lines = ["Targets (mean over seeds; each strategy against (b) on its own seeds):"]
     for key in ("default", "default_cheapest", "default_noanchor"):
         if key not in curves:
             continue
         c = curves[key]
+        own = seeds_of[key]
+        b = curves["random" if own == seeds else f"random@{own}"][:, -1]
         wins = int((c[:, -1] > b).sum())
         lines.append(f"- {LABELS[key]} beats (b) at the budget: {c[:, -1].mean():.4f} vs "
                      f"{b.mean():.4f} (paired per seed: ahead in {wins} of {len(b)}) -> "
@@ -186,7 +209,7 @@ def dominance(runs: list[dict[str, Any]], hand: pd.DataFrame, margin: float,
 
 
 def front_members(key: str, runs: list[dict[str, Any]]) -> list[str]:
-    lines = [f"Front members of {LABELS.get(key, key)} (MMACs, val %, test %, tag):", ""]
+    lines = [f"Front members of {label(key)} (MMACs, val %, test %, tag):", ""]
     for r in runs:
         members = sorted(r["front"], key=lambda m: m["macs"])
         lines.append(f"- seed {r['seed']}: " + "; ".join(
@@ -237,7 +260,7 @@ def _plot(curves: dict[str, np.ndarray], grid: np.ndarray, plot: Path,
     x = grid / 1e9
     for key, c in curves.items():
         mean, std = c.mean(axis=0), c.std(axis=0, ddof=1) if len(c) > 1 else 0 * c[0]
-        ax.plot(x, mean, label=f"{LABELS.get(key, key)} (n={len(c)})",
+        ax.plot(x, mean, label=f"{label(key)} (n={len(c)})",
                 lw=2.4 if key == "default" else 1.4, ls="--" if "noanchor" in key else "-")
         ax.fill_between(x, mean - std, mean + std, alpha=0.18)
     ax.axhline(hand[1], color="k", ls=":", lw=1.2,

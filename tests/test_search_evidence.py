@@ -14,6 +14,8 @@ import pytest
 from bench import efficiency_report, search_efficiency, table_search
 from bench.front_quality import dominates, front_of, macs_range, normalised_hypervolume
 from bench.resnest_bench import COLUMNS
+from bench.resnest_bench_report import load
+from bench.table_search import random_search
 from nas.search.cli import build_parser, config_from_args
 from nas.search.pruner import ParetoPruner
 from search_spaces import counts, get_space
@@ -131,8 +133,8 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
     written = path.stat().st_mtime_ns
     _smoke(out)  # a finished run is not run again
     assert path.stat().st_mtime_ns == written
-    _smoke(out, "--no-anchor")
-    assert json.loads((out / "default_noanchor-s0.json").read_text())["anchor"] == "none"
+    _smoke(out, "--no-anchor", "--seeds", "1")  # another seed than (a)'s
+    assert json.loads((out / "default_noanchor-s1.json").read_text())["anchor"] == "none"
     # The report puts them beside random search replayed on a table at the same image size.
     table = tmp_path / "table.csv"
     frame = _table(image_size=8)
@@ -143,6 +145,12 @@ def test_a_trained_search_is_the_quick_starts_and_resumes_run_by_run(tmp_path: P
     frame[list(COLUMNS)].to_csv(table, index=False)
     text = efficiency_report.report(out, table, tmp_path / "plot.png")
     assert "(d) default without anchors beats (b)" in text and "| 0 |" in text
+    # Each strategy is compared with random search on its own seeds: (d) with (b) on seed 1.
+    assert "| (d) default without anchors | 1 |" in text and "| (b) random search, no " \
+        "pruning | 1 |" in text
+    on_1 = random_search(load(table), 1, 1e7).at(1e7)
+    line = next(x for x in text.splitlines() if x.startswith("- (d) default without anchors beats"))
+    assert f"vs {on_1:.4f} (paired per seed: ahead in" in line
     assert (tmp_path / "plot.png").stat().st_size > 0
     other = tmp_path / "table16.csv"
     frame.assign(image_size=16)[list(COLUMNS)].to_csv(other, index=False)
