@@ -137,7 +137,10 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
             lines += ["", *front_members(key, runs[key])]
     lines += ["", *random_fronts(table, replays, seeds)]
     if plot is not None:
-        _plot(curves, grid, plot, (hand_compute, hand_hv), budget)
+        names = {k: label(k) for k in curves}
+        for k in (k for k in curves if k.startswith("random")):
+            names[k] += f", seeds {', '.join(map(str, seeds if k == 'random' else eval_seeds(k)))}"
+        _plot(curves, grid, plot, (hand_compute, hand_hv), budget, names)
         lines += ["", f"plot: {plot}"]
     return "\n".join(lines)
 
@@ -249,7 +252,7 @@ def _std(values: np.ndarray) -> float:
 
 
 def _plot(curves: dict[str, np.ndarray], grid: np.ndarray, plot: Path,
-          hand: tuple[float, float], budget: float) -> None:
+          hand: tuple[float, float], budget: float, names: dict[str, str]) -> None:
     # matplotlib only for the plot, and its Agg backend chosen before pyplot loads.
     import matplotlib
 
@@ -260,7 +263,7 @@ def _plot(curves: dict[str, np.ndarray], grid: np.ndarray, plot: Path,
     x = grid / 1e9
     for key, c in curves.items():
         mean, std = c.mean(axis=0), c.std(axis=0, ddof=1) if len(c) > 1 else 0 * c[0]
-        ax.plot(x, mean, label=f"{label(key)} (n={len(c)})",
+        ax.plot(x, mean, label=f"{names[key]} (n={len(c)})",
                 lw=2.4 if key == "default" else 1.4, ls="--" if "noanchor" in key else "-")
         ax.fill_between(x, mean - std, mean + std, alpha=0.18)
     ax.axhline(hand[1], color="k", ls=":", lw=1.2,
