@@ -24,16 +24,17 @@ import numpy as np
 from bench.efficiency_report import first_reach, load_runs
 
 
-def cost(runs_dir: Path, baseline_dir: Path) -> str:
+def cost(runs_dir: Path, baseline_dir: Path, baseline_key: str = "default") -> str:
     """Markdown: each supernet-path run of `bench.search_efficiency` (`runs_dir`) against the
     per-candidate default search's runs (`baseline_dir`): compute and wall seconds, the
     hypervolume of the fine-tuned trials, the compute at which the path reaches the default's
-    mean final hypervolume (if ever), and the default's compute to reach the path's final."""
+    mean final hypervolume (if ever), and the default's compute to reach the path's final.
+    `baseline_key` picks the baseline's runs (`bench.search_efficiency.run_key`)."""
     runs = load_runs(runs_dir)
-    base = load_runs(baseline_dir).get("default", [])
+    base = load_runs(baseline_dir).get(baseline_key, [])
     paths = {k: rs for k, rs in runs.items() if k.startswith("supernet")}
     if not paths or not base:
-        return f"no supernet runs in {runs_dir} or no default runs in {baseline_dir}"
+        return f"no supernet runs in {runs_dir} or no {baseline_key} runs in {baseline_dir}"
     sizes = {int(r["image_size"]) for rs in (*paths.values(), base) for r in rs}
     if len(sizes) > 1:
         return f"the runs trained at {sorted(sizes)} px: they compare only at one image size"
@@ -74,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the supernet path's bench.search_efficiency runs")
     p.add_argument("--baseline", type=Path, default=Path("docs/raw/search-evidence"),
                    help="the per-candidate default search's runs")
+    p.add_argument("--baseline-key", default="default",
+                   help="which of them: default (the search's default), default_cheapest (the "
+                        "default before the family anchors, which the supernet runs also used)")
     args = p.parse_args(argv)
-    print(cost(args.runs, args.baseline))
+    print(cost(args.runs, args.baseline, args.baseline_key))
     return 0
 
 

@@ -170,3 +170,4 @@ def test_the_supernet_path_of_the_efficiency_bench(tmp_path: Path) -> None:
     assert all(t["epochs"] == 4 for t in run["front"])  # trained accuracies only
     text = supernet_cost.cost(runs, runs)
     assert "no supernet runs" in text  # no per-candidate runs there
+    assert "no default_cheapest runs in" in supernet_cost.cost(runs, runs, "default_cheapest")
