@@ -58,7 +58,8 @@ def param_importances(experiment: ExpPath, objectives: ObjectivesLike | None = N
                       seed: int = 0) -> pd.DataFrame:
     """Columns objective, param, importance (fANOVA, normalized to sum 1 per objective), most
     important first. Conditional parameters (asked for some architectures only) are left out:
-    Optuna evaluates parameters shared by all trials."""
+    Optuna evaluates parameters shared by all trials. An objective with one value over all the
+    trials (two anchors of equal MACs, say) has NaN importances: nothing varies to explain."""
     exp, config = open_experiment(experiment)
     objs = as_objectives(objectives if objectives is not None else config.objectives)
     study = load_study(exp, config)
@@ -72,12 +73,17 @@ def param_importances(experiment: ExpPath, objectives: ObjectivesLike | None = N
                 f"{exp}: parameter importances for {o.name} need at least {MIN_TRIALS} completed "
                 f"trials inside the search space, found {len(measured)}"
             )
+        params = sorted(intersection_search_space(measured))
+        target = _target(o, config)
+        if len({target(t) for t in measured}) == 1:  # nothing varies, so nothing explains it
+            rows.extend({"objective": o.name, "param": p, "importance": float("nan")}
+                        for p in params)
+            continue
         subset = optuna.create_study(directions=study.directions)
         subset.add_trials(measured)
-        params = sorted(intersection_search_space(measured))
         scores = get_param_importances(
             subset, evaluator=FanovaImportanceEvaluator(seed=seed), params=params,
-            target=_target(o, config),
+            target=target,
         )
         rows.extend({"objective": o.name, "param": p, "importance": v} for p, v in scores.items())
     return pd.DataFrame(rows, columns=["objective", "param", "importance"])

@@ -168,6 +168,10 @@ def importance_text(paths: Sequence[str], labels: Sequence[str],
     for path, label in zip(paths, labels, strict=True):
         table = param_importances(path, objs)
         for objective, group in table.groupby("objective", sort=False):
+            if group["importance"].isna().all():
+                lines.append(f"parameter importance for {objective} ({label}): every completed "
+                             f"trial has the same {objective}, so no choice explains it")
+                continue
             lines.append(f"parameter importance for {objective} ({label}, Optuna fANOVA):")
             lines.extend(f"  {row.param:<20} {row.importance:.3f}" for row in group.itertuples())
     return "\n".join(lines)

@@ -469,3 +469,6 @@ def test_reads_what_the_real_search_writes(searched_experiment: Path, tmp_path: 
     assert code == 0, err
     assert all(t in out for t in table["trial_id"]) and "hypervolume" in out
     assert "parameter importance for accuracy" in out and png.stat().st_size > 0
+    # The two cheapest anchors (the seed point is outside the space) have equal MACs: reported
+    # as nothing to explain, not as fANOVA's zero-variance error.
+    assert "every completed trial has the same macs, so no choice explains it" in out
