@@ -86,14 +86,16 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
     curves = {k: np.stack([step_curve([h[0] for h in r["history"]], [h[2] for h in r["history"]],
                                       grid) for r in rs]) for k, rs in runs.items()}
     # (b) on every seed a strategy ran: each is compared with random search on its own seeds.
+    # `seeds_of` names the seeds of every row: each strategy's, and each (b) replay's.
     seeds_of = {k: [r["seed"] for r in rs] for k, rs in runs.items()}
     by_seed = {s: random_search(table, s, budget) for s in sorted(set(sum(seeds_of.values(), [])))}
     random_on = {s: step_curve(list(r.compute), list(r.hypervolume), grid)
                  for s, r in by_seed.items()}
     replays = [by_seed[s] for s in seeds]
-    curves["random"] = np.stack([random_on[s] for s in seeds])
-    for other in sorted({tuple(v) for v in seeds_of.values()} - {tuple(seeds)}):
-        curves[f"random@{list(other)}"] = np.stack([random_on[s] for s in other])
+    for row_seeds in [seeds, *sorted({tuple(v) for v in seeds_of.values()} - {tuple(seeds)})]:
+        key = random_key(list(row_seeds), seeds)
+        curves[key] = np.stack([random_on[s] for s in row_seeds])
+        seeds_of[key] = list(row_seeds)
     hand = hand_family(table)
     hand_compute = float((hand["macs"] * hand["epochs"]).sum())
     hand_hv = normalised_hypervolume(zip(hand["val"], hand["macs"], strict=True), low, high)
@@ -111,17 +113,14 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
                  for f in (0.25, 0.5, 1.0)]
         if key.startswith("random"):
             counts = ", ".join(f"{by_seed[s].trials} ({by_seed[s].completed})"
-                               for s in (seeds if key == "random" else eval_seeds(key)))
+                               for s in seeds_of[key])
             wall = "- (table)"
         else:
             counts = ", ".join(f"{sum(v for k, v in r['counts'].items() if k != 'INFEASIBLE')}"
                                f" ({r['counts']['COMPLETE']})" for r in runs[key])
             wall = f"{np.mean([r['wall_s'] for r in runs[key]]):.0f}"
-        shown = seeds if key == "random" else (
-            eval_seeds(key) if key.startswith("random@") else seeds_of[key])
-        lines.append(f"| {label(key)} | {', '.join(map(str, shown))} | {' | '.join(cells)} | "
-                     f"{counts} "
-                     f"| {wall} |")
+        lines.append(f"| {label(key)} | {', '.join(map(str, seeds_of[key]))} | "
+                     f"{' | '.join(cells)} | {counts} | {wall} |")
     many = np.array([random_search(table, 1000 + i, budget).at(budget) for i in range(100)])
     lines.append(f"| (b) over 100 more random orders (seeds 1000-1099) | 100 | - | - | "
                  f"{many.mean():.4f} ± {_std(many):.4f} | - | - (table) |")
@@ -139,7 +138,7 @@ def report(out: Path, table_path: Path, plot: Path | None) -> str:
     if plot is not None:
         names = {k: label(k) for k in curves}
         for k in (k for k in curves if k.startswith("random")):
-            names[k] += f", seeds {', '.join(map(str, seeds if k == 'random' else eval_seeds(k)))}"
+            names[k] += f", seeds {', '.join(map(str, seeds_of[k]))}"
         _plot(curves, grid, plot, (hand_compute, hand_hv), budget, names)
         lines += ["", f"plot: {plot}"]
     return "\n".join(lines)
@@ -151,9 +150,10 @@ def label(key: str) -> str:
     return LABELS.get(key, key)
 
 
-def eval_seeds(key: str) -> list[int]:
-    """The seeds of a `random@[...]` row."""
-    return [int(s) for s in key.split("@")[1].strip("[]").split(",")]
+def random_key(row_seeds: list[int], seeds: list[int]) -> str:
+    """The curve key of random search (b) replayed on `row_seeds`: `random` on the default's
+    own seeds, `random@[...]` on another strategy's."""
+    return "random" if row_seeds == seeds else f"random@{row_seeds}"
 
 
 def targets(curves: dict[str, np.ndarray], grid: np.ndarray, budget: float,
@@ -164,7 +164,7 @@ def targets(curves: dict[str, np.ndarray], grid: np.ndarray, budget: float,
             continue
         c = curves[key]
         own = seeds_of[key]
-        b = curves["random" if own == seeds else f"random@{own}"][:, -1]
+        b = curves[random_key(own, seeds)][:, -1]
         wins = int((c[:, -1] > b).sum())
         lines.append(f"- {LABELS[key]} beats (b) at the budget: {c[:, -1].mean():.4f} vs "
                      f"{b.mean():.4f} (paired per seed: ahead in {wins} of {len(b)}) -> "
